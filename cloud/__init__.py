@@ -1,0 +1,1 @@
+"""The cloud service: the full-precision model over HTTP (KServe v2), with dynamic batching."""

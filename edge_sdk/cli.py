@@ -1,0 +1,74 @@
+"""`hybrid-vision` command line.
+
+Each subcommand lives in its own module with ``HELP``, ``add_arguments(parser)``
+and ``run(args) -> int``. Command modules import their heavy dependencies only
+inside ``run``, so ``--help`` and the edge commands work on a device that has
+only the ``edge`` extra. The table names modules by string: the edge SDK never
+imports ``cloud`` or ``quantize``; the command line merely dispatches to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module, extra that provides its dependencies)
+    "train": ("quantize.commands.train", "quantize"),
+    "import": ("quantize.commands.import_model", "quantize"),
+    "quantize": ("quantize.commands.quantize", "quantize"),
+    "evaluate": ("quantize.commands.evaluate", "quantize"),
+    "demo": ("quantize.commands.demo", "all"),
+    "serve": ("cloud.commands.serve", "cloud"),
+    "predict": ("edge_sdk.commands.predict", "edge"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybrid-vision",
+        description="Edge-plus-cloud image recognition: train, quantize to int8, serve, and predict.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (modname, _extra) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:  # a package of this distribution removed: keep the rest usable
+            continue
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod, _extra=_extra)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from .errors import HybridVisionError
+
+    try:
+        return int(args._module.run(args) or 0)
+    except ModuleNotFoundError as e:
+        print(
+            f"hybrid-vision {args.command}: needs '{e.name}', which is not installed.\n"
+            f"  pip install 'hybrid-vision[{args._extra}]'",
+            file=sys.stderr,
+        )
+        return 3
+    except HybridVisionError as e:
+        print(f"hybrid-vision {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"hybrid-vision {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Quantization and training tools: data, train, convert (int8), evaluate, calibrate. Imports TensorFlow lazily."""
