@@ -26,6 +26,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Unavailable:
+    """Stands in for a command whose module cannot be imported here."""
+
+    def __init__(self, err: ModuleNotFoundError):
+        self.err = err
+        self.HELP = f"(unavailable here: needs '{err.name}')"
+
+    def add_arguments(self, p) -> None:
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(self, args) -> int:
+        raise self.err
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hybrid-vision",
@@ -36,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (modname, _extra) in COMMANDS.items():
         try:
             mod = importlib.import_module(modname)
-        except ImportError:  # a package of this distribution removed: keep the rest usable
-            continue
+        except ModuleNotFoundError as e:
+            if e.name and modname.startswith(e.name):  # the command's own package is absent
+                continue
+            mod = _Unavailable(e)  # a dependency is missing: say so when the command runs
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.set_defaults(_module=mod, _extra=_extra)

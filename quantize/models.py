@@ -27,7 +27,7 @@ def classic_cnn(input_shape, num_classes: int, width: float = 1.0):
     for filters in (32, 64):
         for _ in range(2):
             x = layers.Conv2D(f(filters), 3, padding="same", use_bias=False)(x)
-            x = layers.BatchNormalization()(x)
+            x = layers.BatchNormalization(momentum=0.9)(x)
             x = layers.ReLU()(x)
         x = layers.MaxPooling2D()(x)
     x = layers.Conv2D(f(128), 3, padding="same", activation="relu")(x)
@@ -58,14 +58,14 @@ def mobilenet_v2_style(input_shape, num_classes: int, width: float = 1.0):
         cfg += [(6, 160, 3, 2), (6, 320, 1, 1)]
     x = inp = keras.Input(input_shape, name="image")
     x = layers.Conv2D(_make_divisible(32 * width), 3, strides=1 if small else 2, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)
     x = layers.ReLU(6.0)(x)
     for t, c, n, s in cfg:
         out_c = _make_divisible(c * width)
         for i in range(n):
             x = _inverted_residual(x, t, out_c, s if i == 0 else 1)
     x = layers.Conv2D(_make_divisible(1280 * max(1.0, width)) if not small else _make_divisible(256 * width), 1, use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)
     x = layers.ReLU(6.0)(x)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.2)(x)
@@ -80,13 +80,13 @@ def _inverted_residual(x, expansion: int, out_c: int, stride: int):
     y = x
     if expansion != 1:
         y = layers.Conv2D(in_c * expansion, 1, use_bias=False)(y)
-        y = layers.BatchNormalization()(y)
+        y = layers.BatchNormalization(momentum=0.9)(y)
         y = layers.ReLU(6.0)(y)
     y = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(y)
-    y = layers.BatchNormalization()(y)
+    y = layers.BatchNormalization(momentum=0.9)(y)
     y = layers.ReLU(6.0)(y)
     y = layers.Conv2D(out_c, 1, use_bias=False)(y)
-    y = layers.BatchNormalization()(y)
+    y = layers.BatchNormalization(momentum=0.9)(y)
     if stride == 1 and in_c == out_c:
         y = layers.Add()([x, y])
     return y
