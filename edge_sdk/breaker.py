@@ -1,0 +1,90 @@
+"""A circuit breaker, so a device stops waiting on a cloud that keeps failing.
+
+closed -> (``failure_threshold`` consecutive failures) -> open -> (``cooldown_s``)
+-> half_open: exactly one probe request is let through; its success closes the
+breaker, its failure opens it again for another cool-down. A probe that never
+reports back (its thread died) is given up on after one more cool-down, so the
+breaker cannot stay half-open forever. The clock is injectable for tests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Literal
+
+State = Literal["closed", "open", "half_open"]
+
+
+class CircuitBreaker:
+    def __init__(self, failure_threshold: int = 5, cooldown_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        if failure_threshold < 1:
+            raise ValueError("failure_threshold must be >= 1")
+        if cooldown_s < 0:
+            raise ValueError("cooldown_s must be >= 0")
+        self.failure_threshold = failure_threshold
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state: State = "closed"
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probe_started: float | None = None
+        self.times_opened = 0
+
+    @property
+    def state(self) -> State:
+        """The state as a caller would see it now (an open breaker past its cool-down reads half_open)."""
+        with self._lock:
+            if self._state == "open" and self._clock() - self._opened_at >= self.cooldown_s:
+                return "half_open"
+            return self._state
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._failures
+
+    def allow(self) -> bool:
+        """May a request go out now? In half_open, True for the one probe only."""
+        with self._lock:
+            now = self._clock()
+            if self._state == "closed":
+                return True
+            if self._state == "open":
+                if now - self._opened_at < self.cooldown_s:
+                    return False
+                self._state = "half_open"
+                self._probe_started = now
+                return True
+            # half_open: a probe is out; let another through only if it was lost
+            if self._probe_started is not None and now - self._probe_started < max(self.cooldown_s, 1e-9):
+                return False
+            self._probe_started = now
+            return True
+
+    def record_success(self) -> None:
+        with self._lock:
+            self._state = "closed"
+            self._failures = 0
+            self._probe_started = None
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._state == "half_open" or self._failures >= self.failure_threshold:
+                if self._state != "open":
+                    self.times_opened += 1
+                self._state = "open"
+                self._opened_at = self._clock()
+                self._probe_started = None
+
+    def release(self) -> None:
+        """A request that was allowed but never sent: free the half-open probe slot."""
+        with self._lock:
+            if self._state == "half_open":
+                self._probe_started = None
+                self._state = "open"
+                self._opened_at = self._clock() - self.cooldown_s  # eligible again at once
+
+    def snapshot(self) -> dict:
+        return {"state": self.state, "consecutive_failures": self._failures, "times_opened": self.times_opened}

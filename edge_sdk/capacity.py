@@ -1,0 +1,141 @@
+"""Capacity probes: may the device run the edge model right now?
+
+A probe is anything with a ``name`` and a ``check() -> ProbeResult``; add your
+own (battery, temperature) by writing one. The built-in ones read psutil at
+most every ``cache_s`` seconds, so asking on every call stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    value: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+
+
+@runtime_checkable
+class Probe(Protocol):
+    name: str
+
+    def check(self) -> ProbeResult: ...
+
+
+class _Cached:
+    """A reading refreshed at most every ``ttl`` seconds (benign races: two threads may both refresh)."""
+
+    def __init__(self, read: Callable[[], float], ttl: float, clock: Callable[[], float] = time.monotonic):
+        self._read, self._ttl, self._clock = read, ttl, clock
+        self._value = 0.0
+        self._at = float("-inf")
+
+    def get(self) -> float:
+        now = self._clock()
+        if now - self._at >= self._ttl:
+            self._value = float(self._read())
+            self._at = now
+        return self._value
+
+
+class MemoryProbe:
+    """Enough free (available) memory to run an inference without swapping."""
+
+    name = "memory"
+
+    def __init__(self, min_available_mb: float = 64.0, cache_s: float = 0.25, read: Callable[[], float] | None = None):
+        import psutil
+
+        self.threshold = float(min_available_mb)
+        self._mb = _Cached(read or (lambda: psutil.virtual_memory().available / 2**20), cache_s)
+
+    def check(self) -> ProbeResult:
+        v = self._mb.get()
+        return ProbeResult(v >= self.threshold, v, self.threshold, "available memory, MiB")
+
+
+class CpuLoadProbe:
+    """1-minute load average per core under a limit: a busy device offloads instead of queueing."""
+
+    name = "cpu"
+
+    def __init__(self, max_load_per_core: float = 4.0, cache_s: float = 0.5, read: Callable[[], float] | None = None):
+        import psutil
+
+        cores = psutil.cpu_count() or os.cpu_count() or 1
+        self.threshold = float(max_load_per_core)
+        self._load = _Cached(read or (lambda: psutil.getloadavg()[0] / cores), cache_s)
+
+    def check(self) -> ProbeResult:
+        v = self._load.get()
+        return ProbeResult(v <= self.threshold, v, self.threshold, "1-min load average per core")
+
+
+class InflightProbe:
+    """Local inferences running at once, against a limit. The classifier wraps each edge run in ``track()``."""
+
+    name = "inflight"
+
+    def __init__(self, limit: int | None = None):
+        self.threshold = int(limit if limit is not None else max(2, 2 * (os.cpu_count() or 1)))
+        self._n = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        return self._n
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        with self._lock:
+            self._n += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._n -= 1
+
+    def check(self) -> ProbeResult:
+        n = self._n
+        return ProbeResult(n < self.threshold, float(n), float(self.threshold), "local inferences in flight")
+
+
+class ModelLoadProbe:
+    """Fails when the edge model did not load; ``is_loaded`` is asked on each check."""
+
+    name = "model"
+
+    def __init__(self, is_loaded: Callable[[], bool], error: Callable[[], str | None] = lambda: None):
+        self._is_loaded = is_loaded
+        self._error = error
+
+    def check(self) -> ProbeResult:
+        ok = bool(self._is_loaded())
+        return ProbeResult(ok, 1.0 if ok else 0.0, 1.0, "" if ok else (self._error() or "edge model not loaded"))
+
+
+def default_probes(
+    *, min_available_mb: float = 64.0, max_load_per_core: float = 4.0, max_inflight: int | None = None
+) -> list[Probe]:
+    """Memory, CPU load and in-flight probes (the classifier adds the model-load probe itself)."""
+    return [MemoryProbe(min_available_mb), CpuLoadProbe(max_load_per_core), InflightProbe(max_inflight)]
+
+
+def first_failure(probes: Sequence[Probe]) -> tuple[str, ProbeResult] | None:
+    """The first probe that says no, in order; a probe that raises counts as a no."""
+    for p in probes:
+        try:
+            r = p.check()
+        except Exception as e:  # a user's probe must not take predict down
+            return p.name, ProbeResult(False, None, None, f"probe raised {type(e).__name__}: {e}")
+        if not r.ok:
+            return p.name, r
+    return None
