@@ -37,3 +37,7 @@ class CloudError(HybridVisionError):
 
 class CloudUnavailableError(CloudError):
     """Neither side could answer: the cloud failed and there was no edge result."""
+
+
+class UpdateError(HybridVisionError):
+    """An over-the-air model update was refused (bad checksum, unloadable model, server error); the old model stays."""

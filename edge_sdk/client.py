@@ -1,0 +1,312 @@
+"""The cloud side of the SDK: a KServe v2 client that never outlives the caller's deadline.
+
+Speaks ``POST {base}/v2/models/{name}/infer`` (so it also works against Triton
+or KServe), keeps connections alive in one ``requests.Session``, verifies TLS
+by default, and retries only what is safe to retry (connection errors and 503)
+within the deadline. Every failure is a :class:`CloudError` whose ``reason`` is
+one short word (see :data:`REASONS`); a malformed answer is a failure, never a
+crash or a silent wrong answer.
+
+Each HTTP attempt runs on a small worker pool and the caller waits for it at
+most until the deadline: ``requests`` timeouts bound each socket operation,
+not the whole exchange, so this is what makes the deadline hard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import requests
+
+from .breaker import CircuitBreaker
+from .errors import CloudError
+from .protocol import images_request, parse_outputs, tensor_request
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "hybrid-vision-edge/0.1"
+
+REASONS = (
+    "connection",    # refused, reset, DNS: the server could not be reached
+    "tls",           # certificate verification or handshake failed
+    "timeout",       # an attempt hit the client's own per-attempt limit
+    "deadline",      # the caller's deadline ran out while waiting
+    "overloaded",    # 503 after the allowed retries (or Retry-After too long for the deadline)
+    "rate_limited",  # 429
+    "bad_response",  # not JSON, wrong outputs, wrong shape, NaN, too large
+    "circuit_open",  # the breaker refused to send
+    # and "http_<status>" for any other status, e.g. http_401, http_404, http_500
+)
+# Client-side input problems: the server is healthy, so they do not trip the breaker.
+_NOT_SERVER_FAULTS = {"http_400", "http_413", "http_415", "http_422"}
+
+
+def counts_against_breaker(reason: str) -> bool:
+    return reason not in _NOT_SERVER_FAULTS and reason != "circuit_open"
+
+
+def deadline_after(ms: float) -> float:
+    """An absolute deadline on the ``time.monotonic`` clock, ``ms`` from now."""
+    return time.monotonic() + ms / 1000.0
+
+
+@dataclass
+class CloudResult:
+    probs: np.ndarray  # [N, C] float32
+    labels: list[str] | None
+    bytes_sent: int
+    attempts: int
+    latency_ms: float
+
+
+class Sink:
+    """Where a streamed download goes: ``reset()`` before each attempt, ``write(chunk)`` per chunk."""
+
+    max_bytes: int = 256 * 1024 * 1024
+
+    def reset(self) -> None: ...
+
+    def write(self, chunk: bytes) -> None: ...
+
+
+@dataclass
+class _Reply:
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+
+class CloudClient:
+    """One model on one KServe v2 server. Thread-safe; share one per process."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str,
+        *,
+        api_key: str | None = None,
+        verify: bool = True,
+        ca_bundle: str | None = None,
+        max_retries: int = 2,
+        backoff_s: float = 0.05,
+        max_attempt_s: float = 30.0,
+        breaker: CircuitBreaker | None = None,
+        max_response_bytes: int = 32 * 1024 * 1024,
+        max_workers: int = 8,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"cloud URL must start with http:// or https://, not {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.model_name = model_name
+        self.max_retries = max(0, int(max_retries))
+        self.backoff_s = backoff_s
+        self.max_attempt_s = max_attempt_s
+        self.max_response_bytes = max_response_bytes
+        self.breaker = breaker or CircuitBreaker()
+        self._sleep = sleep
+        self.session = session or requests.Session()
+        # Passed on every request: a session-level setting would lose to REQUESTS_CA_BUNDLE in the environment.
+        self.verify: bool | str = ca_bundle if ca_bundle else verify
+        if not verify and not ca_bundle:
+            log.warning("TLS certificate verification is OFF for %s", self.base_url)
+        self.session.headers["User-Agent"] = USER_AGENT
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="hv-cloud")
+        self._bytes_lock = threading.Lock()
+        self.bytes_sent = 0
+
+    def __repr__(self) -> str:  # never shows the key
+        auth = "with key" if "Authorization" in self.session.headers else "no key"
+        return f"CloudClient({self.base_url!r}, model={self.model_name!r}, {auth})"
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.session.close()
+
+    # --- inference -----------------------------------------------------------
+
+    @property
+    def infer_url(self) -> str:
+        return f"{self.base_url}/v2/models/{self.model_name}/infer"
+
+    def infer_images(self, images: Sequence[bytes], num_classes: int, deadline: float) -> CloudResult:
+        """Encoded images (JPEG/PNG bytes) -> probabilities [N, C]."""
+        return self.infer(images_request(list(images)), len(images), num_classes, deadline)
+
+    def infer_tensor(self, batch: np.ndarray, num_classes: int, deadline: float) -> CloudResult:
+        """An NHWC uint8 (raw RGB pixels) or float32 (preprocessed) batch -> probabilities [N, C]."""
+        return self.infer(tensor_request(batch), len(batch), num_classes, deadline)
+
+    def infer(self, request: dict[str, Any], n: int, num_classes: int, deadline: float) -> CloudResult:
+        """Send one v2 infer request for ``n`` images and validate the answer."""
+        t0 = time.perf_counter()
+        body = json.dumps(request, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+        reply, attempts, sent = self._call("POST", self.infer_url, body, headers, deadline)
+        if reply.status != 200:
+            raise _status_error(reply)
+        try:
+            probs, labels = parse_outputs(json.loads(reply.content), n, num_classes)
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and pydantic's ValidationError included
+            raise CloudError(f"malformed infer response: {_short(e)}", "bad_response", reply.status) from None
+        return CloudResult(probs, labels, sent, attempts, (time.perf_counter() - t0) * 1000)
+
+    # --- over-the-air update ---------------------------------------------------
+
+    def get(self, path: str, deadline: float, headers: Mapping[str, str] | None = None, sink: "Sink | None" = None) -> _Reply:
+        """A GET through the same retries, breaker and deadline; any status is returned, errors raise.
+
+        With ``sink``, a 200 body is streamed into it (reset before each attempt) instead of kept in memory.
+        """
+        reply, _, _ = self._call("GET", f"{self.base_url}{path}", None, dict(headers or {}), deadline, sink)
+        return reply
+
+    # --- transport -------------------------------------------------------------
+
+    def _call(self, method: str, url: str, body: bytes | None, headers: dict, deadline: float, sink: "Sink | None" = None) -> tuple[_Reply, int, int]:
+        """Breaker, retries and deadline around one logical request; returns (reply, attempts, bytes sent)."""
+        if not self.breaker.allow():
+            raise CloudError("circuit breaker is open: the cloud failed repeatedly; waiting for the cool-down", "circuit_open")
+        try:
+            reply, attempts, sent = self._with_retries(method, url, body, headers, deadline, sink)
+            if reply.status >= 500 or reply.status in (401, 403, 404, 429):
+                raise _status_error(reply)
+        except CloudError as e:
+            if counts_against_breaker(e.reason):
+                self.breaker.record_failure()
+            else:
+                self.breaker.record_success()
+            raise
+        self.breaker.record_success()
+        return reply, attempts, sent
+
+    def _with_retries(self, method, url, body, headers, deadline, sink=None) -> tuple[_Reply, int, int]:
+        attempts = sent = 0
+        while True:
+            attempts += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CloudError("the call's deadline ran out before the request could be sent", "deadline")
+            sent += len(body or b"")
+            self._count(len(body or b""))
+            try:
+                reply = self._attempt(method, url, body, headers, left, sink)
+            except CloudError as e:
+                if e.reason != "connection" or not self._wait_for_retry(attempts, None, deadline):
+                    raise
+                continue
+            if reply.status == 503:
+                if self._wait_for_retry(attempts, reply.headers.get("Retry-After"), deadline):
+                    continue
+                raise _status_error(reply)
+            return reply, attempts, sent
+
+    def _wait_for_retry(self, attempts: int, retry_after: str | None, deadline: float) -> bool:
+        """Sleep before the next attempt if one is allowed and fits in the deadline."""
+        if attempts > self.max_retries:
+            return False
+        wait = _parse_retry_after(retry_after)
+        if wait is None:
+            wait = self.backoff_s * (2 ** (attempts - 1)) * (0.5 + random.random())
+        if time.monotonic() + wait >= deadline - 0.005:
+            return False
+        self._sleep(wait)
+        return True
+
+    def _attempt(self, method: str, url: str, body: bytes | None, headers: dict, left: float, sink=None) -> _Reply:
+        by_deadline = left <= self.max_attempt_s
+        limit = min(left, self.max_attempt_s)
+        fut = self._pool.submit(self._send, method, url, body, headers, limit, sink)
+        try:
+            return fut.result(timeout=limit)
+        except FutureTimeout:
+            fut.cancel()
+            raise _timeout_error(by_deadline, limit) from None
+
+    def _send(self, method: str, url: str, body: bytes | None, headers: dict, limit: float, sink=None) -> _Reply:
+        """Runs on the pool: one HTTP exchange, body read with a size cap (or streamed into ``sink``)."""
+        by_deadline = limit < self.max_attempt_s
+        try:
+            with self.session.request(method, url, data=body, headers=headers, timeout=(limit, limit), stream=True,
+                                      verify=self.verify) as r:
+                chunks, size = [], 0
+                streaming = sink is not None and r.status_code == 200
+                cap = sink.max_bytes if streaming else self.max_response_bytes
+                if streaming:
+                    sink.reset()
+                for chunk in r.iter_content(65536):
+                    size += len(chunk)
+                    if size > cap:
+                        raise CloudError(f"response is over {cap} bytes", "bad_response", r.status_code)
+                    if streaming:
+                        sink.write(chunk)
+                    else:
+                        chunks.append(chunk)
+                return _Reply(r.status_code, r.headers, b"".join(chunks))
+        except requests.exceptions.SSLError as e:
+            raise CloudError(f"TLS error talking to {self.base_url}: {_short(e)}", "tls") from None
+        except (requests.exceptions.Timeout, TimeoutError):
+            raise _timeout_error(by_deadline, limit) from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError, OSError) as e:
+            raise CloudError(f"cannot reach {self.base_url}: {_short(e)}", "connection") from None
+        except requests.exceptions.RequestException as e:
+            raise CloudError(f"request to {self.base_url} failed: {_short(e)}", "connection") from None
+
+    def _count(self, n: int) -> None:
+        with self._bytes_lock:
+            self.bytes_sent += n
+
+
+def _timeout_error(by_deadline: bool, limit: float) -> CloudError:
+    if by_deadline:
+        return CloudError(f"no answer within the call's deadline ({limit * 1000:.0f} ms left)", "deadline")
+    return CloudError(f"no answer within {limit:.1f} s", "timeout")
+
+
+def _status_error(reply: _Reply) -> CloudError:
+    s = reply.status
+    reason = {503: "overloaded", 429: "rate_limited"}.get(s, f"http_{s}")
+    detail = ""
+    try:
+        err = json.loads(reply.content)
+        if isinstance(err, dict) and isinstance(err.get("error"), str):
+            detail = f": {err['error'][:200]}"
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return CloudError(f"server answered {s}{detail}", reason, s)
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _short(e: BaseException, n: int = 300) -> str:
+    s = str(e) or type(e).__name__
+    return s if len(s) <= n else s[:n] + "…"

@@ -1,0 +1,196 @@
+"""The int8 edge model on the device: LiteRT first, then tflite-runtime, then (last resort) TensorFlow Lite.
+
+An interpreter is not thread-safe, so each thread that calls a :class:`LocalModel`
+gets its own interpreter (``threading.local``), built on first use from the
+model bytes held in memory. A LocalModel never changes after it is built: an
+over-the-air update builds a new one and the owner swaps the reference, while
+threads already inside ``predict`` finish on the old one.
+
+The hot path is ``set_tensor`` / ``invoke`` / ``get_tensor`` on a per-thread
+interpreter with its tensor indices looked up once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Callable, Sequence, Union
+
+import numpy as np
+
+from .errors import ModelLoadError
+from .preprocess import QuantParams, dequantize, quantize
+
+log = logging.getLogger(__name__)
+
+BACKENDS: tuple[str, ...] = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+
+
+def _load_backend(name: str) -> Callable[..., Any]:
+    """The Interpreter class of one backend; ImportError if it is not installed."""
+    if name == "ai_edge_litert":
+        return importlib.import_module("ai_edge_litert.interpreter").Interpreter
+    if name == "tflite_runtime":
+        return importlib.import_module("tflite_runtime.interpreter").Interpreter
+    if name == "tensorflow":
+        # Last resort only: a device should never need TensorFlow installed.
+        import tensorflow.lite as tfl  # noqa: PLC0415
+
+        return tfl.Interpreter
+    raise ValueError(f"unknown interpreter backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+def find_interpreter(preferred: Sequence[str] = BACKENDS) -> tuple[str, Callable[..., Any]]:
+    """The first backend of ``preferred`` that imports, and its Interpreter class."""
+    errors = []
+    for name in preferred:
+        try:
+            return name, _load_backend(name)
+        except ImportError as e:
+            errors.append(f"{name}: {e}")
+    raise ModelLoadError(
+        "no TFLite interpreter is installed (tried " + "; ".join(errors) + "). pip install 'hybrid-vision[edge]'"
+    )
+
+
+def _quant_of(detail: dict, what: str) -> QuantParams:
+    scale, zero = detail.get("quantization", (0.0, 0))
+    dtype = np.dtype(detail["dtype"])
+    if dtype not in (np.int8, np.uint8) or not scale:
+        raise ModelLoadError(f"the edge model's {what} is {dtype.name} without quantization; expected a full-integer int8 model")
+    return QuantParams(scale=float(scale), zero_point=int(zero), dtype=dtype.name)
+
+
+def _same_quant(a: QuantParams, b: QuantParams) -> bool:
+    return a.dtype == b.dtype and a.zero_point == b.zero_point and abs(a.scale - b.scale) <= 1e-6 * max(a.scale, b.scale)
+
+
+class LocalModel:
+    """One int8 TFLite classifier; call it from any number of threads."""
+
+    def __init__(
+        self,
+        model: Union[str, Path, bytes],
+        *,
+        num_threads: int | None = None,
+        backend: str | Sequence[str] | None = None,
+        input_quant: QuantParams | None = None,
+        output_quant: QuantParams | None = None,
+        expected_sha256: str | None = None,
+    ):
+        """Load and check the model. The quantization read from the model itself is what is used; if the
+        manifest's ``input_quant``/``output_quant`` are given they must agree with it (a mismatch means a
+        broken bundle, so it is refused rather than silently giving wrong answers)."""
+        if isinstance(model, (str, Path)):
+            try:
+                content = Path(model).read_bytes()
+            except OSError as e:
+                raise ModelLoadError(f"{model}: cannot read the edge model ({e.strerror or e})") from None
+            self.source = str(model)
+        else:
+            content = bytes(model)
+            self.source = "<memory>"
+        self.sha256 = hashlib.sha256(content).hexdigest()
+        if expected_sha256 and expected_sha256 != self.sha256:
+            raise ModelLoadError(f"{self.source}: sha256 {self.sha256[:12]}… does not match the expected {expected_sha256[:12]}…")
+        self._content = content
+        self.num_threads = num_threads
+        preferred = (backend,) if isinstance(backend, str) else tuple(backend or BACKENDS)
+        self.backend, self._interpreter_cls = find_interpreter(preferred)
+        self._local = threading.local()
+        interp = self._new_interpreter()  # fails here, not on the first predict, if the model is bad
+        inp = interp.get_input_details()
+        out = interp.get_output_details()
+        if len(inp) != 1 or len(out) != 1:
+            raise ModelLoadError(f"{self.source}: expected 1 input and 1 output, got {len(inp)} and {len(out)}")
+        in_shape, out_shape = tuple(int(d) for d in inp[0]["shape"]), tuple(int(d) for d in out[0]["shape"])
+        if len(in_shape) != 4 or in_shape[0] != 1 or len(out_shape) != 2 or out_shape[0] != 1:
+            raise ModelLoadError(f"{self.source}: expected input [1,H,W,C] and output [1,C], got {in_shape} and {out_shape}")
+        self.input_shape: tuple[int, int, int] = in_shape[1:]  # type: ignore[assignment]
+        self.num_classes = out_shape[1]
+        self.input_quant = _quant_of(inp[0], "input")
+        self.output_quant = _quant_of(out[0], "output")
+        for given, actual, what in ((input_quant, self.input_quant, "input"), (output_quant, self.output_quant, "output")):
+            if given is not None and not _same_quant(given, actual):
+                raise ModelLoadError(
+                    f"{self.source}: manifest {what}_quant {given.model_dump()} does not match the model's own {actual.model_dump()}"
+                )
+        self._input_dtype = np.dtype(self.input_quant.dtype)
+        self._out_scale = np.float32(self.output_quant.scale)
+        self._out_zero = np.float32(self.output_quant.zero_point)
+        self._bind(interp)
+
+    @classmethod
+    def from_bundle(cls, bundle, *, num_threads: int | None = None, backend: str | Sequence[str] | None = None) -> "LocalModel":
+        """The bundle's ``edge`` model (format tflite-int8), checked against the manifest's sha256 and quantization."""
+        m = bundle.manifest.models.get("edge")
+        if m is None:
+            raise ModelLoadError(f"{bundle.path}: bundle has no edge model; run `hybrid-vision quantize` on it")
+        if m.format != "tflite-int8":
+            raise ModelLoadError(f"{bundle.path}: edge model format is {m.format}, expected tflite-int8")
+        return cls(
+            bundle.path / m.file, num_threads=num_threads, backend=backend,
+            input_quant=m.input_quant, output_quant=m.output_quant, expected_sha256=m.sha256 or None,
+        )
+
+    # --- per-thread interpreters -------------------------------------------------
+
+    def _new_interpreter(self):
+        try:
+            interp = self._interpreter_cls(model_content=self._content, num_threads=self.num_threads)
+            interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"{self.source}: the {self.backend} interpreter cannot load this model: {e}") from None
+        return interp
+
+    def _bind(self, interp) -> tuple:
+        slot = (interp, interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"])
+        self._local.slot = slot
+        return slot
+
+    def _slot(self) -> tuple:
+        try:
+            return self._local.slot
+        except AttributeError:
+            return self._bind(self._new_interpreter())
+
+    # --- inference -----------------------------------------------------------------
+
+    def predict_quantized(self, xq: np.ndarray) -> np.ndarray:
+        """One already-quantized HxWxC (or 1xHxWxC) input -> probabilities [C] float32."""
+        interp, i_in, i_out = self._slot()
+        interp.set_tensor(i_in, xq.reshape((1,) + self.input_shape))
+        interp.invoke()
+        q = interp.get_tensor(i_out)[0]
+        return (q.astype(np.float32) - self._out_zero) * self._out_scale
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        """float32 HxWxC as edge_sdk.preprocess makes it -> the model's integer input."""
+        return quantize(x, self.input_quant)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """One float32 HxWxC input (from edge_sdk.preprocess) -> probabilities [C]."""
+        if x.dtype == self._input_dtype:
+            return self.predict_quantized(x)
+        return self.predict_quantized(self.quantize_input(x))
+
+    def predict_batch(self, xs: np.ndarray) -> np.ndarray:
+        """N inputs (float32 or already quantized) -> probabilities [N, C], one invoke each."""
+        out = np.empty((len(xs), self.num_classes), np.float32)
+        for i, x in enumerate(xs):
+            out[i] = self.predict(x)
+        return out
+
+    def dequantize_output(self, q: np.ndarray) -> np.ndarray:
+        return dequantize(q, self.output_quant)
+
+    def bare_interpreter(self):
+        """A fresh interpreter of the same model (for benchmarks that compare against the bare invoke)."""
+        return self._new_interpreter()
+
+    def __repr__(self) -> str:
+        return (f"LocalModel({self.source!r}, backend={self.backend!r}, input={self.input_shape}, "
+                f"classes={self.num_classes}, sha256={self.sha256[:12]}…)")

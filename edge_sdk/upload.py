@@ -1,0 +1,63 @@
+"""What the SDK sends to the cloud for an image, by the ``upload=`` option.
+
+* ``jpeg``: the image resized to the model's input (edge_sdk.preprocess.resize),
+  JPEG-encoded: smallest, and the server resizes nothing.
+* ``original``: the bytes the caller gave (a file's or an encoded buffer's);
+  arrays are PNG-encoded, losslessly. Largest, but the cloud sees everything.
+* ``tensor``: the resized RGB pixels as a UINT8 NHWC tensor: no codec on either
+  side, at the price of JSON numbers on the wire.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InvalidImageError
+from .preprocess import ImageInput, encode_jpeg, encode_png
+from .protocol import images_request, tensor_request
+
+UPLOADS: tuple[str, ...] = ("jpeg", "original", "tensor")
+
+
+@dataclass
+class Staged:
+    """One image after decoding: what the edge needs (``resized``) and what an upload may need."""
+
+    source: ImageInput
+    rgb: np.ndarray      # full-size RGB uint8
+    resized: np.ndarray  # model-size RGB uint8
+
+
+def check_upload(upload: str) -> str:
+    if upload not in UPLOADS:
+        raise ValueError(f"unknown upload {upload!r}; choose from {', '.join(UPLOADS)}")
+    return upload
+
+
+def build_request(items: Sequence[Staged], upload: str, jpeg_quality: int = 90) -> dict[str, Any]:
+    """The KServe v2 infer request carrying ``items`` as ``upload`` says."""
+    if upload == "tensor":
+        return tensor_request(np.stack([s.resized for s in items]))
+    if upload == "jpeg":
+        return images_request([encode_jpeg(s.resized, jpeg_quality) for s in items])
+    if upload == "original":
+        return images_request([original_bytes(s) for s in items])
+    raise ValueError(f"unknown upload {upload!r}; choose from {', '.join(UPLOADS)}")
+
+
+def original_bytes(s: Staged) -> bytes:
+    """The caller's own encoded bytes when there are any; else a lossless PNG of the decoded pixels."""
+    src = s.source
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src)
+    if isinstance(src, (str, os.PathLike)):
+        try:
+            return Path(src).read_bytes()
+        except OSError as e:  # it was readable a moment ago when it was decoded
+            raise InvalidImageError(f"{src}: cannot re-read for upload ({e.strerror or e})") from None
+    return encode_png(s.rgb)
