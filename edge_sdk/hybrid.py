@@ -136,8 +136,8 @@ class HybridClassifier:
         self.input = bundle.manifest.input
         self.pp = bundle.manifest.preprocess
         self.mode = mode
-        self.metric = metric or routing.metric
-        self.threshold = float(threshold if threshold is not None else routing.threshold)
+        # (metric, threshold) in one attribute, so an update swaps both at once for readers in other threads
+        self._routing = (metric or routing.metric, float(threshold if threshold is not None else routing.threshold))
         self._threshold_from_bundle = threshold is None and metric in (None, routing.metric)
         self.deadline_ms = float(deadline_ms)
         self.upload = check_upload(upload)
@@ -210,10 +210,19 @@ class HybridClassifier:
     def model(self) -> LocalModel | None:
         return self._model
 
+    @property
+    def metric(self) -> str:
+        return self._routing[0]
+
+    @property
+    def threshold(self) -> float:
+        return self._routing[1]
+
     def predict(self, image: ImageInput, color: str = "bgr", deadline_ms: float | None = None) -> Prediction:
         """Classify one image: a path, encoded bytes, or a uint8 array (BGR unless ``color="rgb"``)."""
         t0 = time.perf_counter()
         deadline = time.monotonic() + (deadline_ms or self.deadline_ms) / 1000.0
+        metric, threshold = self._routing  # one consistent pair even if an update swaps it mid-call
         try:
             staged = self._stage(image, color)
         except InvalidImageError:
@@ -224,9 +233,9 @@ class HybridClassifier:
         probs, skip = self._run_edge(model, staged.resized, self._cloud_usable())
         t2 = time.perf_counter()
         lat = {"preprocess": (t1 - t0) * 1000, "edge": (t2 - t1) * 1000}
-        score = confidence(probs, self.metric) if probs is not None else None
+        score = confidence(probs, metric) if probs is not None else None
         d = route(
-            mode=self.mode, edge_score=score, threshold=self.threshold, metric=self.metric, edge_skip=skip,
+            mode=self.mode, edge_score=score, threshold=threshold, metric=metric, edge_skip=skip,
             cloud_configured=self.cloud is not None,
             breaker_allows=self.cloud is None or self.cloud.breaker.state != "open",
             time_left_s=deadline - time.monotonic(), min_cloud_s=self.min_cloud_s,
@@ -236,7 +245,7 @@ class HybridClassifier:
         if d.action == "fail" and probs is None and skip and skip.startswith("no_capacity"):
             probs, _ = self._run_edge(model, staged.resized, False)  # the cloud is out of reach after all
             if probs is not None:
-                score = confidence(probs, self.metric)
+                score = confidence(probs, metric)
                 lat["edge"] = (time.perf_counter() - t1) * 1000
                 return self._done(self._answer(probs, "edge", d.reason, probs, score), lat, t0)
         if d.action == "fail":
@@ -248,7 +257,7 @@ class HybridClassifier:
             lat["cloud"] = (time.perf_counter() - t3) * 1000
             if probs is None and skip and skip.startswith("no_capacity"):
                 probs, _ = self._run_edge(model, staged.resized, False)  # short of capacity beats no answer
-                score = confidence(probs, self.metric) if probs is not None else None
+                score = confidence(probs, metric) if probs is not None else None
             fb = after_cloud_failure(self.mode, probs is not None, e.reason)
             if fb.action == "fail":
                 raise self._unavailable(fb.reason, e) from e
@@ -265,6 +274,7 @@ class HybridClassifier:
         (naming the index) if any input is bad, before any inference."""
         t0 = time.perf_counter()
         deadline = time.monotonic() + (deadline_ms or self.deadline_ms) / 1000.0
+        metric, threshold = self._routing  # one consistent pair even if an update swaps it mid-call
         staged = []
         for i, im in enumerate(images):
             try:
@@ -279,11 +289,11 @@ class HybridClassifier:
         usable = self._cloud_usable()
         edge = [self._run_edge(model, s.resized, usable) for s in staged]
         t2 = time.perf_counter()
-        scores = [confidence(p, self.metric) if p is not None else None for p, _ in edge]
+        scores = [confidence(p, metric) if p is not None else None for p, _ in edge]
         allows = self.cloud is None or self.cloud.breaker.state != "open"
         left = deadline - time.monotonic()
         decisions = [
-            route(mode=self.mode, edge_score=sc, threshold=self.threshold, metric=self.metric, edge_skip=skip,
+            route(mode=self.mode, edge_score=sc, threshold=threshold, metric=metric, edge_skip=skip,
                   cloud_configured=self.cloud is not None, breaker_allows=allows, time_left_s=left,
                   min_cloud_s=self.min_cloud_s)
             for (_, skip), sc in zip(edge, scores)
@@ -304,7 +314,7 @@ class HybridClassifier:
                 for i in ask:
                     if edge[i][0] is None and edge[i][1] and edge[i][1].startswith("no_capacity"):
                         edge[i] = self._run_edge(model, staged[i].resized, False)
-                        scores[i] = confidence(edge[i][0], self.metric) if edge[i][0] is not None else None
+                        scores[i] = confidence(edge[i][0], metric) if edge[i][0] is not None else None
                     fb = after_cloud_failure(self.mode, edge[i][0] is not None, e.reason)
                     if fb.action == "fail":
                         raise self._unavailable(fb.reason, e, index=i) from e
@@ -341,8 +351,8 @@ class HybridClassifier:
         self._check_model(model)
         with self._swap_lock:
             old = self._model
-            if threshold is not None and self._threshold_from_bundle and metric in (None, self.metric):
-                self.threshold = float(threshold)
+            if threshold is not None and self._threshold_from_bundle:  # the user's override always wins
+                self._routing = (metric or self.metric, float(threshold))
             self._model = model
             self.model_error = None
         return old

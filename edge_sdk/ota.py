@@ -1,16 +1,22 @@
 """Over-the-air update of the edge model, verified before it is trusted.
 
-``GET {cloud}/v1/models/{name}/edge`` with ``If-None-Match: "<sha256 of our edge model>"``:
-304 means we are current; 200 streams the new int8 model into a temp file while
-hashing it. The sha256 must equal the ETag (and the manifest's, when the server
-sends one); then the model is loaded and checked (input shape, classes,
-quantization) and only then swapped in. Any failure raises :class:`UpdateError`
-and leaves the old model serving.
+The server's contract (cloud/app.py):
+
+* ``GET {cloud}/v1/models/{name}/edge`` with ``If-None-Match: "<sha256 of our edge model>"``:
+  304 when we are current; else 200 with the model bytes, ``ETag: "<sha256>"``
+  and ``X-Edge-Model-Sha256: <sha256>``.
+* ``GET {cloud}/v1/models/{name}/edge?part=manifest``: JSON
+  ``{"name", "version", "manifest": <bundle manifest>, "edge": {"file", "sha256", "size"}}``.
+
+The model is streamed into a temp file while hashed; its sha256 must equal the
+ETag, the sha256 header and the manifest's (which also brings the labels, the
+quantization and the recalibrated threshold). Then the model is loaded and
+checked (input shape, classes, quantization) and only then swapped in. Any
+failure raises :class:`UpdateError` and leaves the old model serving.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -18,6 +24,8 @@ import os
 import tempfile
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Mapping
+
+from pydantic import ValidationError
 
 from .bundle import Manifest
 from .client import Sink, deadline_after
@@ -28,8 +36,6 @@ if TYPE_CHECKING:
     from .hybrid import HybridClassifier
 
 log = logging.getLogger(__name__)
-
-MANIFEST_HEADER = "X-Model-Manifest"
 
 
 @dataclass
@@ -68,16 +74,15 @@ def parse_etag(value: str | None) -> str | None:
     return v.strip('"').lower() or None
 
 
-def parse_manifest_header(value: str | None) -> Manifest | None:
-    """The bundle manifest the server sent with the model: JSON, or base64 of JSON."""
-    if not value:
-        return None
-    for decode in (lambda s: s, lambda s: base64.b64decode(s, validate=True).decode("utf-8")):
-        try:
-            return Manifest.model_validate(json.loads(decode(value)))
-        except Exception:  # noqa: BLE001 - try the next encoding, then refuse below
-            continue
-    raise UpdateError(f"the server's {MANIFEST_HEADER} header is not a valid manifest")
+def parse_manifest(content: bytes) -> tuple[Manifest, str]:
+    """The ``?part=manifest`` document -> (bundle manifest, edge sha256 the server says it serves)."""
+    try:
+        doc = json.loads(content)
+        manifest = Manifest.model_validate(doc["manifest"])
+        sha = str(doc["edge"]["sha256"]).lower()
+    except (ValueError, KeyError, TypeError, ValidationError) as e:
+        raise UpdateError(f"the server's edge manifest is malformed: {str(e)[:200]}") from None
+    return manifest, sha
 
 
 def check_for_update(
@@ -90,6 +95,7 @@ def check_for_update(
     """Download, verify and swap in a newer edge model if the server has one."""
     if clf.cloud is None:
         raise UpdateError("no cloud_url configured: nowhere to check for updates")
+    deadline = deadline_after(deadline_ms)
     current = clf.model.sha256 if clf.model is not None else None
     headers = {"If-None-Match": f'"{current}"'} if current else {}
     path = f"/v1/models/{clf.cloud.model_name}/edge"
@@ -97,18 +103,19 @@ def check_for_update(
     try:
         with os.fdopen(fd, "w+b") as f:
             sink = _HashingFile(f, max_bytes)
-            try:
-                reply = clf.cloud.get(path, deadline_after(deadline_ms), headers=headers, sink=sink)
-            except CloudError as e:
-                raise UpdateError(f"update check failed: {e}") from e
+            reply = _get(clf, path, deadline, headers, sink)
             if reply.status == 304:
                 return UpdateResult(False, current or "", current)
             if reply.status != 200:
                 raise UpdateError(f"update check failed: the server answered {reply.status}")
             f.flush()
-            got = sink.h.hexdigest()
-            size = sink.size
-        model, manifest = _verify_and_load(clf, tmp, got, reply.headers)
+            got, size = sink.h.hexdigest(), sink.size
+        _check_headers(got, reply.headers)
+        mreply = _get(clf, path + "?part=manifest", deadline, {}, None)
+        if mreply.status != 200:
+            raise UpdateError(f"fetching the edge manifest failed: the server answered {mreply.status}")
+        manifest, manifest_sha = parse_manifest(mreply.content)
+        model = _verify_and_load(clf, tmp, got, manifest, manifest_sha)
     finally:
         try:
             os.unlink(tmp)
@@ -116,33 +123,48 @@ def check_for_update(
             pass
     if model.sha256 == current:
         return UpdateResult(False, current, current, size)
-    threshold = manifest.routing.threshold if manifest is not None else None
-    old = clf.swap_model(model, threshold=threshold, metric=manifest.routing.metric if manifest else None)
+    old = clf.swap_model(model, threshold=manifest.routing.threshold, metric=manifest.routing.metric)
     log.info("edge model updated %s -> %s", (old.sha256[:12] if old else None), model.sha256[:12])
     return UpdateResult(True, model.sha256, current, size, clf.threshold)
 
 
-def _verify_and_load(clf: "HybridClassifier", tmp: str, got: str, headers: Mapping[str, Any]) -> tuple[LocalModel, Manifest | None]:
+def _get(clf: "HybridClassifier", path: str, deadline: float, headers: Mapping[str, str], sink):
+    try:
+        return clf.cloud.get(path, deadline, headers=headers, sink=sink)
+    except CloudError as e:
+        raise UpdateError(f"update check failed: {e}") from e
+
+
+def _check_headers(got: str, headers: Mapping[str, Any]) -> None:
     etag = parse_etag(headers.get("ETag"))
-    manifest = parse_manifest_header(headers.get(MANIFEST_HEADER))
-    if etag is None and manifest is None:
-        raise UpdateError("the server sent no ETag or manifest: cannot verify the download, refusing it")
-    if etag is not None and got != etag:
-        raise UpdateError(f"corrupt download: sha256 {got[:12]}… does not match the ETag {etag[:12]}…")
-    edge = manifest.models.get("edge") if manifest is not None else None
-    if manifest is not None:
-        if edge is None or edge.format != "tflite-int8":
-            raise UpdateError("the server's manifest has no tflite-int8 edge model")
-        if edge.sha256 and got != edge.sha256:
-            raise UpdateError(f"corrupt download: sha256 {got[:12]}… does not match the manifest's {edge.sha256[:12]}…")
-        if manifest.labels != clf.labels:
-            raise UpdateError("the new model's labels differ from this bundle's; install the new bundle instead")
+    declared = (headers.get("X-Edge-Model-Sha256") or "").strip().lower() or None
+    if etag is None and declared is None:
+        raise UpdateError("the server sent no ETag or sha256 header: cannot verify the download, refusing it")
+    for what, want in (("ETag", etag), ("X-Edge-Model-Sha256", declared)):
+        if want is not None and got != want:
+            raise UpdateError(f"corrupt download: sha256 {got[:12]}… does not match the {what} {want[:12]}…")
+
+
+def _verify_and_load(clf: "HybridClassifier", tmp: str, got: str, manifest: Manifest, manifest_sha: str) -> LocalModel:
+    edge = manifest.models.get("edge")
+    if edge is None or edge.format != "tflite-int8":
+        raise UpdateError("the server's manifest has no tflite-int8 edge model")
+    for what, want in (("manifest", edge.sha256), ("manifest's edge entry", manifest_sha)):
+        if want and got != want.lower():
+            raise UpdateError(
+                f"the downloaded model (sha256 {got[:12]}…) does not match the {what} ({want[:12]}…); "
+                "the server may have changed model mid-update or the download is corrupt"
+            )
+    if manifest.labels != clf.labels:
+        raise UpdateError("the new model's labels differ from this bundle's; install the new bundle instead")
+    if manifest.input != clf.input or manifest.preprocess != clf.pp:
+        raise UpdateError("the new model expects different input or preprocessing; install the new bundle instead")
     try:
         model = LocalModel(
             tmp, num_threads=clf.num_threads, backend=clf.backend, expected_sha256=got,
-            input_quant=edge.input_quant if edge else None, output_quant=edge.output_quant if edge else None,
+            input_quant=edge.input_quant, output_quant=edge.output_quant,
         )
         clf._check_model(model)
     except ModelLoadError as e:
         raise UpdateError(f"the downloaded model was refused: {e}") from e
-    return model, manifest
+    return model
