@@ -1,0 +1,259 @@
+"""`hybrid-vision demo`: the whole product on the built-in digits, in a few minutes on a laptop.
+
+Stages: train the big/little pair (a CNN for the cloud, a quarter-width CNN for
+the device) -> derive the same-CNN bundle from the same cloud model (so the big
+model is trained once) -> quantize and calibrate both -> start the real cloud
+service in a child process on a free loopback port, with an API key -> run the
+edge SDK over the test split against it in edge_only, cloud_only and auto
+modes -> stop the service (also on Ctrl-C or SIGTERM) -> tables, report.json, plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from edge_sdk.bundle import Bundle, load_bundle, write_bundle
+from edge_sdk.errors import HybridVisionError
+
+log = logging.getLogger(__name__)
+
+CONFIGS = {
+    "same_cnn": "same-CNN: the edge runs the int8 copy of the cloud CNN",
+    "big_little": "big/little: the edge runs a small int8 CNN, the cloud the full CNN",
+}
+BUNDLE_NAMES = {"same_cnn": "digits_same_cnn", "big_little": "digits_big_little"}
+
+
+class DemoError(HybridVisionError):
+    """The demo cannot run as asked (e.g. --bundle is not a digits bundle, nothing to --reuse)."""
+
+
+@dataclass
+class DemoConfig:
+    out: str = "demo-out"
+    epochs: int = 20
+    patience: int = 6
+    quick: bool = False  # for tests: few epochs, fewer calibration images, shorter latency runs
+    bundle: str | None = None  # a trained digits bundle to start from instead of training the cloud model
+    reuse: bool = False  # reuse the quantized bundles a previous run left in `out`
+    edge_arch: str = "cnn"
+    edge_width: float = 0.25
+    upload: str = "jpeg"
+    seed: int = 0
+    progress: bool = True
+
+
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt like Ctrl-C does, so every ``finally`` (server stop) runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --- stages ----------------------------------------------------------------------------------
+
+
+def train_pair(cfg: DemoConfig, dest: Path) -> Bundle:
+    """A big/little bundle (cloud + edge_source) at ``dest``: trained here, or built on cfg.bundle's cloud model."""
+    from .train import TrainConfig, train
+
+    if cfg.bundle is None:
+        _say(f"[1/4] training big/little on digits: cloud cnn x1, edge {cfg.edge_arch} x{cfg.edge_width:g} "
+             f"(up to {cfg.epochs} epochs each, early stopping)")
+        return train(TrainConfig(data="digits", out=str(dest), name=BUNDLE_NAMES["big_little"], epochs=cfg.epochs,
+                                 patience=cfg.patience, edge_arch=cfg.edge_arch, edge_width=cfg.edge_width,
+                                 seed=cfg.seed, progress=cfg.progress))
+    base = load_bundle(cfg.bundle)
+    if base.manifest.data is None or base.manifest.data.source != "digits" or not base.has("cloud"):
+        raise DemoError(f"--bundle {cfg.bundle}: the demo needs a bundle trained on the built-in digits with a cloud model")
+    files: dict[str, Any] = {"cloud.keras": base.model_path("cloud")}
+    man = base.manifest.model_copy(deep=True)
+    man.name = BUNDLE_NAMES["big_little"]
+    man.models = {"cloud": man.models["cloud"]}
+    man.reports = {"train": dict(base.manifest.reports.get("train", {}))}
+    man.routing = type(man.routing)()
+    with tempfile.TemporaryDirectory() as td:
+        if base.has("edge_source"):
+            _say(f"[1/4] using {cfg.bundle}: its cloud and edge models")
+            files["edge_source.keras"] = base.model_path("edge_source")
+            man.models["edge_source"] = base.manifest.models["edge_source"]
+        else:
+            _say(f"[1/4] using {cfg.bundle}'s cloud model; training the little edge {cfg.edge_arch} x{cfg.edge_width:g} "
+                 f"(up to {cfg.epochs} epochs)")
+            info, inp = base.manifest.data, base.manifest.input
+            little = train(TrainConfig(
+                data="digits", out=str(Path(td) / "little"), arch=cfg.edge_arch, width=cfg.edge_width, epochs=cfg.epochs,
+                patience=cfg.patience, seed=info.seed, val_fraction=info.val_fraction, test_fraction=info.test_fraction,
+                input_size=inp.height, grayscale=inp.channels == 1, resize=base.manifest.preprocess.resize,
+                progress=cfg.progress,
+            ))
+            if little.manifest.input != inp or little.labels != base.labels:
+                raise DemoError("the little model's input or labels differ from the bundle's")
+            files["edge_source.keras"] = little.model_path("cloud")
+            man.models["edge_source"] = little.manifest.models["cloud"].model_copy(update={"file": "edge_source.keras"})
+            man.reports["train"]["edge_source"] = little.manifest.reports["train"]["cloud"]
+        return write_bundle(dest, man, files)
+
+
+def same_cnn_from(pair: Bundle, dest: Path) -> Bundle:
+    """The same-CNN bundle: the pair's cloud model only, so `quantize` makes its int8 copy the edge model."""
+    man = pair.manifest.model_copy(deep=True)
+    man.name = BUNDLE_NAMES["same_cnn"]
+    man.models = {"cloud": man.models["cloud"]}
+    man.reports = {"train": {k: v for k, v in man.reports.get("train", {}).items() if k != "edge_source"}}
+    files: dict[str, Any] = {"cloud.keras": pair.model_path("cloud")}
+    png = pair.path / "train_confusion_cloud.png"
+    if png.exists():
+        files[png.name] = png
+    return write_bundle(dest, man, files)
+
+
+def _quantize(paths: dict[str, Path], cfg: DemoConfig) -> dict[str, dict[str, Any]]:
+    from .pipeline import quantize_bundle
+
+    out = {}
+    for i, (name, path) in enumerate(paths.items()):
+        _say(f"[2/4] quantizing and calibrating {name} ({i + 1}/{len(paths)})")
+        kw = dict(num_calib=100, latency_runs=30, max_drop=5.0) if cfg.quick else {}
+        out[name] = quantize_bundle(path, progress=cfg.progress, **kw)
+    return out
+
+
+def _reusable(paths: dict[str, Path]) -> bool:
+    try:
+        return all(load_bundle(p).has("edge") for p in paths.values())
+    except HybridVisionError:
+        return False
+
+
+# --- the demo ----------------------------------------------------------------------------------
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run every stage; returns the report (also written to ``cfg.out``/report.json)."""
+    from .evaluate import evaluate_bundle, plot_tradeoffs
+
+    t0 = time.perf_counter()
+    load_start = _load()
+    out = Path(cfg.out)
+    paths = {name: out / "bundles" / BUNDLE_NAMES[name] for name in CONFIGS}
+    seconds: dict[str, float] = {}
+    with signals_interrupt():
+        if cfg.reuse:
+            if not _reusable(paths):
+                raise DemoError(f"--reuse: {out}/bundles holds no quantized bundles from an earlier demo; run without --reuse")
+            _say(f"[1-2/4] reusing the quantized bundles in {out / 'bundles'}")
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            t = time.perf_counter()
+            pair = train_pair(cfg, paths["big_little"])
+            same_cnn_from(pair, paths["same_cnn"])
+            seconds["train"] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
+            _quantize(paths, cfg)
+            seconds["quantize"] = round(time.perf_counter() - t, 1)
+        bundles = {name: load_bundle(p) for name, p in paths.items()}
+
+        from .service import CloudService
+
+        key = secrets.token_urlsafe(24)
+        _say("[3/4] starting the cloud service (hybrid-vision serve) on a free loopback port, with an API key")
+        t = time.perf_counter()
+        evals = {}
+        with CloudService(list(paths.values()), log_path=out / "serve.log", api_key=key, progress=cfg.progress) as svc:
+            seconds["serve_start"] = round(time.perf_counter() - t, 1)
+            _say(f"      cloud service ready at {svc.url} (pid {svc.pid})")
+            t = time.perf_counter()
+            for i, (name, b) in enumerate(bundles.items()):
+                _say(f"[4/4] edge SDK over the test split against the service: {name} ({i + 1}/{len(bundles)})")
+                evals[name] = evaluate_bundle(
+                    b, "digits", cloud_url=svc.url, api_key=key, upload=cfg.upload, out_dir=out / name,
+                    progress=cfg.progress, title=f"{CONFIGS[name].split(':')[0]}: digits test split",
+                )
+            seconds["evaluate"] = round(time.perf_counter() - t, 1)
+        _say(f"      cloud service stopped (exit status {svc.proc.returncode})")
+
+    seconds["total"] = round(time.perf_counter() - t0, 1)
+    plot = plot_tradeoffs([e.tradeoff for e in evals.values()], out / "accuracy_vs_offload.png")
+    report: dict[str, Any] = {
+        "config": asdict(cfg),
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_start": load_start, "load_avg_1m_end": _load()},
+        "seconds": seconds,
+        "service": {"log": str(out / "serve.log"), "api_key": "set (random, not stored)"},
+        "configs": {},
+        "files": {"report": str(out / "report.json"), "accuracy_vs_offload": str(plot)},
+    }
+    for name, e in evals.items():
+        b = bundles[name]
+        rep = dict(e.report)
+        rep["description"] = CONFIGS[name]
+        rep["train"] = _train_summary(b)
+        rep["quantize"] = _quantize_summary(b)
+        report["configs"][name] = rep
+    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    from .evaluate import Row, format_table
+
+    for name, rep in report["configs"].items():
+        rows = [Row(**r) for r in rep["rows"]]
+        routing = rep["routing"]
+        op = "<=" if routing["metric"] == "entropy" else ">="
+        _say("")
+        _say(format_table(rows, f"{rep['description']}\n(digits test split, n={rep['data']['n']}; edge SDK against "
+                                f"the service; hybrid = edge answer when {routing['metric']} {op} {routing['threshold']:.4g})"))
+    s = report["seconds"]
+    _say("")
+    _say(f"demo finished in {s['total']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in s.items() if k != "total")
+         + f") on {report['machine']['cpus']} CPU(s)")
+    _say(f"report: {report['files']['report']}")
+    _say(f"plot:   {report['files']['accuracy_vs_offload']}")
+
+
+def _train_summary(b: Bundle) -> dict[str, Any]:
+    tr = b.manifest.reports.get("train", {})
+    return {role: {k: tr[role].get(k) for k in ("arch", "width", "params", "epochs_run", "best_epoch", "seconds")}
+            | {"test_accuracy": tr[role].get("test", {}).get("accuracy")}
+            for role in ("cloud", "edge_source") if role in tr}
+
+
+def _quantize_summary(b: Bundle) -> dict[str, Any]:
+    q = b.manifest.reports.get("quantize", {})
+    return {"edge_role": q.get("edge_role"), "test_accuracy": q.get("test", {}).get("accuracy"),
+            "accuracy_drop_points": q.get("test", {}).get("accuracy_drop_points"),
+            "size_bytes": q.get("size_bytes"), "calibration": q.get("calibration")}
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
