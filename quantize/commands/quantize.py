@@ -1,0 +1,86 @@
+"""`hybrid-vision quantize`: int8 edge model, parity proof and routing threshold, written into the bundle."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+HELP = "convert the bundle's edge network to int8, prove parity on the test split, and calibrate when to fall back"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("bundle", help="bundle directory (from `train` or `import`)")
+    p.add_argument("--calib", metavar="DIR", help="image folder (one sub-folder per class) for int8 calibration "
+                   "[default: the bundle's training split]")
+    p.add_argument("--num-calib", type=int, default=300, help="calibration images, stratified [300]")
+    p.add_argument("--io", choices=["int8", "uint8"], default="int8", help="input/output tensor type [int8]")
+    p.add_argument("--max-drop", type=float, default=1.0,
+                   help="fail (bundle untouched) if int8 accuracy is more than this many points below float [1.0]")
+    p.add_argument("--allow-float-ops", action="store_true", help="accept operators that stay in float")
+    p.add_argument("--target-gap", type=float, default=0.5,
+                   help="routing: lowest offload whose hybrid accuracy is within this many points of the cloud's [0.5]")
+    p.add_argument("--max-offload", type=float, metavar="F",
+                   help="routing instead: best hybrid accuracy sending at most this fraction to the cloud")
+    p.add_argument("--quantizer", choices=["tflite-converter", "ai-edge-quantizer"], default="tflite-converter",
+                   help="int8 quantizer [tflite-converter]; ai-edge-quantizer needs `pip install ai-edge-quantizer`")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The quantize report as a plain-text table."""
+    t, s = r["test"], r["size_bytes"]
+    a = t["accuracy"]
+    rows = [
+        ("edge network", f"{r['edge_role']} ({r['quantizer']}, {r['io_dtype']} I/O)"),
+        ("calibration images", f"{r['calibration_data']['images']} from {r['calibration_data']['source']}"),
+        ("operators", f"{r['ops']['total']}, not int8: {len(r['ops']['non_int8'])}"),
+        (f"test split (n={t['n']})", ""),
+        ("  cloud Keras fp32", _pct(a["cloud_keras"])),
+        ("  edge Keras fp32", _pct(a["edge_keras"])),
+        ("  edge TFLite fp32", _pct(a["edge_tflite_fp32"])),
+        ("  edge TFLite int8", _pct(a["edge_int8"])),
+        ("  accuracy drop", f"{t['accuracy_drop_points']:.2f} points (max {t['max_drop_points']:g})"),
+        ("  top-1 agreement int8 vs fp32", _pct(t["agreement_int8_vs_fp32"])),
+        ("  mean |p_int8 - p_fp32|", f"{t['mean_abs_prob_diff']:.5f}"),
+        ("size fp32 TFLite / int8", f"{s['tflite_fp32'] / 1024:.1f} KiB / {s['tflite_int8'] / 1024:.1f} KiB "
+                                    f"({s['ratio_fp32_over_int8']:.2f}x smaller)"),
+    ]
+    if "latency" in r:
+        lt = r["latency"]
+        rows.append(("latency fp32 / int8 (1 thread)", f"{lt['tflite_fp32']['median_ms']:.3f} ms / "
+                     f"{lt['tflite_int8']['median_ms']:.3f} ms ({lt['speedup_fp32_over_int8']:.2f}x faster)"))
+    for o in r["ops"]["non_int8"]:
+        rows.append(("  float op", f"#{o['index']} {o['op']}({', '.join(o['inputs'])}) -> {', '.join(o['outputs'])}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def format_calibration(c: dict[str, Any]) -> str:
+    how = (f"best accuracy with offload <= {c['max_offload']:g}" if c["mode"] == "max_offload"
+           else f"lowest offload within {c['target_gap_points']:g} points of the cloud")
+    return (f"routing ({how}, validation split): metric {c['metric']}, threshold {c['threshold']:.6g} -> "
+            f"offload {_pct(c['offload'])}, hybrid accuracy {_pct(c['hybrid_accuracy'])} "
+            f"(cloud {_pct(c['val_cloud_accuracy'])}, edge {_pct(c['val_edge_accuracy'])})")
+
+
+def run(args) -> int:
+    from ..pipeline import AccuracyDropError, quantize_bundle
+
+    try:
+        report = quantize_bundle(
+            args.bundle, calib_dir=args.calib, num_calib=args.num_calib, io_dtype=args.io, max_drop=args.max_drop,
+            allow_float_ops=args.allow_float_ops, target_gap=args.target_gap, max_offload=args.max_offload,
+            progress=not args.quiet, quantizer=args.quantizer,
+        )
+    except AccuracyDropError as e:
+        if e.report:
+            print(format_report(e.report), file=sys.stderr)
+        raise
+    print(format_report(report))
+    print(format_calibration(report["calibration"]))
+    print(f"bundle updated: {args.bundle} (edge_int8.tflite, routing, reports.quantize)")
+    return 0
