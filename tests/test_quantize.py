@@ -167,12 +167,12 @@ def test_float_op_is_named_and_refused_unless_allowed(tmp_path):
 @pytest.mark.slow
 def test_max_drop_failure_leaves_bundle_byte_identical(trained_bundle, tmp_path, capsys):
     """Calibrating on near-black noise squeezes the ranges: real digits saturate and accuracy collapses."""
+    import cv2
+
     from edge_sdk.cli import main
 
     dark = tmp_path / "dark"
     for c in ("a", "b"):
-        import cv2
-
         (dark / c).mkdir(parents=True)
         for i in range(5):
             cv2.imwrite(str(dark / c / f"{i}.png"), np.random.default_rng(i).integers(0, 12, (32, 32), dtype=np.uint8))
@@ -235,6 +235,9 @@ def test_digits_int8_meets_parity_targets(quantized_bundle_session):
     assert rep["test"]["accuracy_drop_points"] <= 0.5, rep["test"]["accuracy"]
     assert rep["test"]["agreement_int8_vs_fp32"] >= 0.99
     assert rep["size_bytes"]["ratio_fp32_over_int8"] > 3.0
+    lat = rep["latency"]
+    assert lat["tflite_int8"]["num_threads"] == 1 and lat["tflite_int8"]["runs"] >= 5
+    assert lat["tflite_fp32"]["median_ms"] > 0 and lat["tflite_int8"]["median_ms"] > 0
     edge = m.models["edge"]
     assert edge.file == "edge_int8.tflite" and edge.format == "tflite-int8" and edge.input_quant.dtype == "int8"
     assert (edge.input_quant, edge.output_quant) == io_quant(b.model_path("edge"))
