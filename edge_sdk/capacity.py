@@ -93,15 +93,21 @@ class InflightProbe:
     def in_flight(self) -> int:
         return self._n
 
-    @contextmanager
-    def track(self) -> Iterator[None]:
+    def enter(self) -> None:
         with self._lock:
             self._n += 1
+
+    def exit(self) -> None:
+        with self._lock:
+            self._n -= 1
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        self.enter()
         try:
             yield
         finally:
-            with self._lock:
-                self._n -= 1
+            self.exit()
 
     def check(self) -> ProbeResult:
         n = self._n

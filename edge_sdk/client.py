@@ -133,7 +133,19 @@ class CloudClient:
         return f"CloudClient({self.base_url!r}, model={self.model_name!r}, {auth})"
 
     def close(self) -> None:
+        """Stop the workers and close every pooled connection now.
+
+        ``Session.close()`` alone only forgets the pools (urllib3 2.x); a pool kept
+        alive by a failed request's traceback cycle then holds its sockets open
+        until the garbage collector runs, so the pools are closed here explicitly.
+        """
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for adapter in self.session.adapters.values():
+            pools = getattr(getattr(adapter, "poolmanager", None), "pools", None)
+            for key in list(pools.keys()) if pools is not None else ():
+                pool = pools.get(key)
+                if pool is not None:
+                    pool.close()
         self.session.close()
 
     # --- inference -----------------------------------------------------------

@@ -24,8 +24,8 @@ from .capacity import InflightProbe, ModelLoadProbe, Probe, default_probes, firs
 from .client import CloudClient
 from .errors import CloudError, CloudUnavailableError, InvalidImageError, ModelLoadError
 from .policy import METRICS, MODES, after_cloud_failure, confidence, edge_skip_reason, route
-from .preprocess import DEFAULT_LIMITS, ImageInput, ImageLimits, load_image, normalize, quantize, resize
-from .runtime import LocalModel
+from .preprocess import DEFAULT_LIMITS, ImageInput, ImageLimits, load_image, resize
+from .runtime import LocalModel, PixelQuantizer
 from .upload import Staged, build_request, check_upload
 
 log = logging.getLogger(__name__)
@@ -146,15 +146,14 @@ class HybridClassifier:
         self.limits = limits
         self.cloud = cloud
         self.num_threads, self.backend = num_threads, backend
-        self._model = model
+        # (model, its pixel quantizer) in one attribute: an update swaps both at once
+        self._edge: tuple[LocalModel, PixelQuantizer] | None = self._prepare(model) if model is not None else None
         self.model_error = model_error
         self._swap_lock = threading.Lock()
         user = list(default_probes() if probes is None else probes)
-        self.probes: list[Probe] = [ModelLoadProbe(lambda: self._model is not None, lambda: self.model_error), *user]
+        self.probes: list[Probe] = [ModelLoadProbe(lambda: self._edge is not None, lambda: self.model_error), *user]
         self._inflight = next((p for p in user if isinstance(p, InflightProbe)), None)
         self._stats = _Stats()
-        if model is not None:
-            self._check_model(model)
 
     @classmethod
     def from_bundle(
@@ -208,7 +207,8 @@ class HybridClassifier:
 
     @property
     def model(self) -> LocalModel | None:
-        return self._model
+        edge = self._edge
+        return edge[0] if edge is not None else None
 
     @property
     def metric(self) -> str:
@@ -229,7 +229,7 @@ class HybridClassifier:
             self._stats.record_error("invalid_image")
             raise
         t1 = time.perf_counter()
-        model = self._model  # one snapshot: an update mid-call does not mix models
+        model = self._edge  # one snapshot: an update mid-call does not mix models
         probs, skip = self._run_edge(model, staged.resized, self._cloud_usable())
         t2 = time.perf_counter()
         lat = {"preprocess": (t1 - t0) * 1000, "edge": (t2 - t1) * 1000}
@@ -252,7 +252,7 @@ class HybridClassifier:
             raise self._unavailable(d.reason, None)
         t3 = time.perf_counter()
         try:
-            res = self.cloud.infer(build_request([staged], self.upload), 1, len(self.labels), deadline)
+            res = self.cloud.infer(build_request([staged], self.upload, self.input.channels), 1, len(self.labels), deadline)
         except CloudError as e:
             lat["cloud"] = (time.perf_counter() - t3) * 1000
             if probs is None and skip and skip.startswith("no_capacity"):
@@ -285,7 +285,7 @@ class HybridClassifier:
         if not staged:
             return []
         t1 = time.perf_counter()
-        model = self._model
+        model = self._edge
         usable = self._cloud_usable()
         edge = [self._run_edge(model, s.resized, usable) for s in staged]
         t2 = time.perf_counter()
@@ -309,7 +309,7 @@ class HybridClassifier:
         if ask:
             t3 = time.perf_counter()
             try:
-                res = self.cloud.infer(build_request([staged[i] for i in ask], self.upload), len(ask), len(self.labels), deadline)
+                res = self.cloud.infer(build_request([staged[i] for i in ask], self.upload, self.input.channels), len(ask), len(self.labels), deadline)
             except CloudError as e:
                 for i in ask:
                     if edge[i][0] is None and edge[i][1] and edge[i][1].startswith("no_capacity"):
@@ -321,17 +321,17 @@ class HybridClassifier:
                     out[i] = self._answer(edge[i][0], "edge", fb.reason, edge[i][0], scores[i])
                     out[i].cloud_error = str(e)
             else:
-                share = res.bytes_sent // len(ask)
+                share, extra = divmod(res.bytes_sent, len(ask))  # the request's bytes, split so they sum exactly
                 for j, i in enumerate(ask):
                     out[i] = self._answer(res.probs[j], "cloud", decisions[i].reason, edge[i][0], scores[i])
-                    out[i].bytes_sent = share
+                    out[i].bytes_sent = share + (j < extra)
             lat["cloud"] = (time.perf_counter() - t3) * 1000
         return [self._done(p, dict(lat), t0) for p in out]  # type: ignore[arg-type]
 
     def stats(self) -> dict[str, Any]:
         """Counts by source and reason, latency percentiles (last 10k calls), bytes, breaker and model state."""
         s = self._stats.snapshot()
-        m = self._model
+        m = self.model
         s.update(
             mode=self.mode, metric=self.metric, threshold=self.threshold, upload=self.upload,
             breaker=self.cloud.breaker.snapshot() if self.cloud else None,
@@ -348,12 +348,12 @@ class HybridClassifier:
 
     def swap_model(self, model: LocalModel, *, threshold: float | None = None, metric: str | None = None) -> LocalModel | None:
         """Atomically replace the edge model; calls already running finish on the old one. Returns the old model."""
-        self._check_model(model)
+        edge = self._prepare(model)
         with self._swap_lock:
-            old = self._model
+            old = self.model
             if threshold is not None and self._threshold_from_bundle:  # the user's override always wins
                 self._routing = (metric or self.metric, float(threshold))
-            self._model = model
+            self._edge = edge
             self.model_error = None
         return old
 
@@ -369,6 +369,11 @@ class HybridClassifier:
 
     # --- internals ---------------------------------------------------------------------
 
+    def _prepare(self, model: LocalModel) -> tuple[LocalModel, PixelQuantizer]:
+        """Check that the model fits this bundle and build its input table, before anyone can use it."""
+        self._check_model(model)
+        return model, PixelQuantizer(self.input, self.pp, model.input_quant)
+
     def _check_model(self, model: LocalModel) -> None:
         want = (self.input.height, self.input.width, self.input.channels)
         if model.input_shape != want:
@@ -383,12 +388,13 @@ class HybridClassifier:
     def _cloud_usable(self) -> bool:
         return self.mode == "auto" and self.cloud is not None and self.cloud.breaker.state != "open"
 
-    def _run_edge(self, model: LocalModel | None, resized: np.ndarray, may_skip: bool) -> tuple[np.ndarray | None, str | None]:
+    def _run_edge(self, edge: tuple[LocalModel, PixelQuantizer] | None, resized: np.ndarray,
+                  may_skip: bool) -> tuple[np.ndarray | None, str | None]:
         """Edge probabilities, or (None, why it did not run). A capacity probe's no is obeyed only when
         ``may_skip`` (the cloud could take the image): short of capacity still beats no answer."""
         if self.mode == "cloud_only":
             return None, None
-        if model is None:
+        if edge is None:
             return None, "model_unavailable"
         if may_skip:
             failed = first_failure(self.probes)
@@ -396,11 +402,16 @@ class HybridClassifier:
             if skip is not None:
                 return None, skip
         try:
-            xq = quantize(normalize(resized, self.input, self.pp), model.input_quant)
-            if self._inflight is None:
+            model, pixels = edge
+            xq = pixels(resized)
+            inflight = self._inflight
+            if inflight is None:
                 return model.predict_quantized(xq), None
-            with self._inflight.track():
+            inflight.enter()
+            try:
                 return model.predict_quantized(xq), None
+            finally:
+                inflight.exit()
         except Exception as e:  # an interpreter failing at run time: treat as no model, keep answering
             log.warning("edge inference failed: %s: %s", type(e).__name__, e)
             self._stats.record_error("edge_inference")

@@ -47,6 +47,8 @@ def confidence(probs: np.ndarray, metric: str = "max_prob") -> np.ndarray | floa
     max_prob: p1; margin: p1 - p2; entropy: -sum p ln p with p clipped at 1e-12
     (lower is more confident).
     """
+    if metric == "max_prob" and isinstance(probs, np.ndarray) and probs.ndim == 1 and probs.shape[0] >= 2:
+        return float(probs.max())  # the per-call fast path
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim not in (1, 2) or p.shape[-1] < 2:
         raise ValueError(f"probabilities must be [C] or [N, C] with C >= 2, got shape {p.shape}")

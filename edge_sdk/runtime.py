@@ -19,10 +19,11 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
+import cv2
 import numpy as np
 
 from .errors import ModelLoadError
-from .preprocess import QuantParams, dequantize, quantize
+from .preprocess import InputSpec, PreprocessSpec, QuantParams, dequantize, normalize, quantize
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,53 @@ def _quant_of(detail: dict, what: str) -> QuantParams:
     if dtype not in (np.int8, np.uint8) or not scale:
         raise ModelLoadError(f"the edge model's {what} is {dtype.name} without quantization; expected a full-integer int8 model")
     return QuantParams(scale=float(scale), zero_point=int(zero), dtype=dtype.name)
+
+
+def _dequant_table(q: QuantParams) -> np.ndarray:
+    """dequantize() of every int8/uint8 value, indexed by the value's bits read as uint8: one look-up per call."""
+    values = np.arange(256, dtype=np.uint8).view(np.dtype(q.dtype))
+    return dequantize(values, q)
+
+
+class PixelQuantizer:
+    """Resized RGB uint8 -> the edge model's integer input, in one table look-up.
+
+    ``normalize`` and ``quantize`` (edge_sdk.preprocess) act on each channel
+    value on its own, after the grey conversion for 1-channel models, so for
+    uint8 pixels their composition is a function of (value, channel). The table
+    is computed by those very functions, and checked against them on random
+    images when built; if it ever disagreed the direct path would be used.
+    """
+
+    def __init__(self, inp: InputSpec, pp: PreprocessSpec, quant: QuantParams):
+        self.inp, self.pp, self.quant = inp, pp, quant
+        ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # 1x256x3, R=G=B=v
+        table = quantize(normalize(ramp, inp, pp), quant)[0]  # 256 x C
+        per_channel = inp.channels == 3 and not (table == table[:, :1]).all()
+        self._table = table if per_channel else np.ascontiguousarray(table[:, 0])
+        self._per_channel = per_channel
+        rng = np.random.default_rng(0)
+        probes = [rng.integers(0, 256, (inp.height, inp.width, 3), dtype=np.uint8) for _ in range(3)]
+        probes.append(np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2))
+        self.exact = all(np.array_equal(self._lookup(p), self.direct(p)) for p in probes)
+        if not self.exact:
+            log.warning("pixel quantization table disagrees with preprocess; using the direct path")
+
+    def direct(self, rgb: np.ndarray) -> np.ndarray:
+        return quantize(normalize(rgb, self.inp, self.pp), self.quant)
+
+    def _lookup(self, rgb: np.ndarray) -> np.ndarray:
+        if self.inp.channels == 1:
+            return self._table[cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)][..., None]
+        if self._per_channel:
+            return self._table[rgb, _CHANNELS]
+        return self._table[rgb]
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return self._lookup(rgb) if self.exact else self.direct(rgb)
+
+
+_CHANNELS = np.arange(3)
 
 
 def _same_quant(a: QuantParams, b: QuantParams) -> bool:
@@ -119,8 +167,7 @@ class LocalModel:
                     f"{self.source}: manifest {what}_quant {given.model_dump()} does not match the model's own {actual.model_dump()}"
                 )
         self._input_dtype = np.dtype(self.input_quant.dtype)
-        self._out_scale = np.float32(self.output_quant.scale)
-        self._out_zero = np.float32(self.output_quant.zero_point)
+        self._deq = _dequant_table(self.output_quant)
         self._bind(interp)
 
     @classmethod
@@ -164,8 +211,7 @@ class LocalModel:
         interp, i_in, i_out = self._slot()
         interp.set_tensor(i_in, xq.reshape((1,) + self.input_shape))
         interp.invoke()
-        q = interp.get_tensor(i_out)[0]
-        return (q.astype(np.float32) - self._out_zero) * self._out_scale
+        return self._deq[interp.get_tensor(i_out)[0].view(np.uint8)]
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """float32 HxWxC as edge_sdk.preprocess makes it -> the model's integer input."""

@@ -4,8 +4,8 @@
   JPEG-encoded: smallest, and the server resizes nothing.
 * ``original``: the bytes the caller gave (a file's or an encoded buffer's);
   arrays are PNG-encoded, losslessly. Largest, but the cloud sees everything.
-* ``tensor``: the resized RGB pixels as a UINT8 NHWC tensor: no codec on either
-  side, at the price of JSON numbers on the wire.
+* ``tensor``: the resized pixels as a UINT8 NHWC tensor (RGB, or grey for a
+  1-channel model): no codec on either side, at the price of JSON numbers on the wire.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import InvalidImageError
-from .preprocess import ImageInput, encode_jpeg, encode_png
+from .preprocess import ImageInput, cv2, encode_jpeg, encode_png
 from .protocol import images_request, tensor_request
 
 UPLOADS: tuple[str, ...] = ("jpeg", "original", "tensor")
@@ -39,9 +39,16 @@ def check_upload(upload: str) -> str:
     return upload
 
 
-def build_request(items: Sequence[Staged], upload: str, jpeg_quality: int = 90) -> dict[str, Any]:
-    """The KServe v2 infer request carrying ``items`` as ``upload`` says."""
+def build_request(items: Sequence[Staged], upload: str, channels: int = 3, jpeg_quality: int = 90) -> dict[str, Any]:
+    """The KServe v2 infer request carrying ``items`` as ``upload`` says.
+
+    For a 1-channel model a tensor upload carries grey pixels (a third of the
+    bytes): the server's preprocessing turns them back into exactly the grey
+    values it would have computed from RGB.
+    """
     if upload == "tensor":
+        if channels == 1:
+            return tensor_request(np.stack([cv2.cvtColor(s.resized, cv2.COLOR_RGB2GRAY)[..., None] for s in items]))
         return tensor_request(np.stack([s.resized for s in items]))
     if upload == "jpeg":
         return images_request([encode_jpeg(s.resized, jpeg_quality) for s in items])

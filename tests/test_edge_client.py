@@ -100,8 +100,9 @@ def test_upload_tensor_and_original(tiny, tmp_path):
     cv2.imwrite(str(path), big)
     assert make(tiny, upload="tensor").predict(img).source == "cloud"
     t = json.loads(responses.calls[0].request.body)["inputs"][0]
-    assert (t["datatype"], t["shape"]) == ("UINT8", [1, SIZE, SIZE, 3])
-    assert np.array_equal(np.asarray(t["data"], np.uint8).reshape(SIZE, SIZE, 3), img[..., ::-1])  # BGR in, RGB out
+    assert (t["datatype"], t["shape"]) == ("UINT8", [1, SIZE, SIZE, 1])  # a grey model gets grey pixels
+    grey = cv2.cvtColor(np.ascontiguousarray(img[..., ::-1]), cv2.COLOR_RGB2GRAY)  # BGR in -> RGB -> grey
+    assert np.array_equal(np.asarray(t["data"], np.uint8).reshape(SIZE, SIZE), grey)
     make(tiny, upload="original").predict(str(path))
     assert base64.b64decode(json.loads(responses.calls[1].request.body)["inputs"][0]["data"][0]) == path.read_bytes()
     make(tiny, upload="original").predict(img)  # an array: sent as lossless PNG of the full image

@@ -123,14 +123,19 @@ def test_wrong_key_falls_back_to_the_edge(quantized_bundle_session, served, test
     assert ei.value.reason == "cloud_error:http_401"
 
 
-@pytest.mark.parametrize("upload", ["jpeg", "original", "tensor"])
-def test_batch_and_uploads_against_the_server(quantized_bundle_session, served, test_images, upload):
+def test_batch_and_uploads_against_the_server(quantized_bundle_session, served, test_images):
     paths, labels = test_images
-    clf = _clf(quantized_bundle_session, served, mode="cloud_only", upload=upload)
-    preds = clf.predict_batch(paths[:12])
-    assert all(p.source == "cloud" for p in preds)
-    assert np.mean([p.label == y for p, y in zip(preds, labels)]) >= 0.8
-    assert clf.stats()["bytes_sent"] > 0
+    probs, sent = {}, {}
+    for upload in ("jpeg", "original", "tensor"):
+        clf = _clf(quantized_bundle_session, served, mode="cloud_only", upload=upload)
+        preds = clf.predict_batch(paths[:12])
+        assert all(p.source == "cloud" for p in preds)
+        assert np.mean([p.label == y for p, y in zip(preds, labels)]) >= 0.8
+        probs[upload] = np.stack([p.probabilities for p in preds])
+        sent[upload] = clf.stats()["bytes_sent"]
+        assert sent[upload] == sum(p.bytes_sent for p in preds) > 0
+    # the lossless uploads reach the model as the very same pixels (32x32 PNGs: no resize)
+    assert np.allclose(probs["original"], probs["tensor"], atol=1e-4)
 
 
 def test_over_the_air_update_end_to_end(quantized_bundle_session, served, tmp_path, test_images):

@@ -94,7 +94,7 @@ def test_eight_threads_get_the_sequential_answers(tiny):
     m = LocalModel.from_bundle(b, num_threads=1)
     x = _inputs(b, 16)
     want = m.predict_batch(x)
-    errors, seen = [], set()
+    errors, seen = [], []
 
     def worker(k):
         try:
@@ -102,7 +102,7 @@ def test_eight_threads_get_the_sequential_answers(tiny):
                 i = (k + rep) % len(x)
                 if not np.array_equal(m.predict(x[i]), want[i]):
                     errors.append((k, i))
-            seen.add(id(m._slot()[0]))
+            seen.append(m._slot()[0])  # held, so no two can share an id
         except Exception as e:  # noqa: BLE001
             errors.append(repr(e))
 
@@ -110,7 +110,7 @@ def test_eight_threads_get_the_sequential_answers(tiny):
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert errors == []
-    assert len(seen) == 8  # one interpreter per thread
+    assert len({id(i) for i in seen}) == 8  # one interpreter per thread
 
 
 def test_swap_while_predicting_never_mixes_models(tiny, tiny_b):
@@ -164,3 +164,37 @@ def test_swap_refuses_a_model_for_another_input(tiny, tmp_path):
     with pytest.raises(ModelLoadError, match="input"):
         clf.swap_model(LocalModel(blob))
     assert clf.model is before
+
+
+@pytest.mark.parametrize("channels,mean,std,dtype", [
+    (1, [0.0], [1.0], "int8"),
+    (3, [0.0], [1.0], "int8"),
+    (3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], "int8"),  # per channel: ImageNet
+    (3, [0.5], [0.5], "uint8"),
+])
+def test_pixel_table_equals_the_one_preprocessing_path(channels, mean, std, dtype):
+    """The hot path's table look-up gives exactly what normalize + quantize give."""
+    from edge_sdk.preprocess import InputSpec, PreprocessSpec, normalize, quantize
+    from edge_sdk.runtime import PixelQuantizer
+
+    inp = InputSpec(height=24, width=20, channels=channels, color="GRAY" if channels == 1 else "RGB")
+    pp = PreprocessSpec(mean=mean, std=std)
+    lo = (0 - max(mean)) / min(std)
+    q = QuantParams(scale=(1 / min(std) + abs(lo)) / 255, zero_point=-128 if dtype == "int8" else 0, dtype=dtype)
+    pq = PixelQuantizer(inp, pp, q)
+    assert pq.exact
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        rgb = rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)
+        got = pq(rgb)
+        want = quantize(normalize(rgb, inp, pp), q)
+        assert got.dtype == want.dtype and got.shape == want.shape == (24, 20, channels)
+        assert np.array_equal(got, want)
+
+
+def test_output_table_equals_dequantize(tiny):
+    from edge_sdk.preprocess import dequantize
+
+    m = LocalModel.from_bundle(load_bundle(tiny))
+    vals = np.arange(-128, 128, dtype=np.int8)
+    assert np.array_equal(m._deq[vals.view(np.uint8)], dequantize(vals, m.output_quant))
