@@ -112,7 +112,8 @@ class ModeRun:
 
 def sdk_pass(
     bundle: Bundle, paths: Sequence[Path], mode: str, *, cloud_url: str | None = None, api_key: str | None = None,
-    upload: str = "jpeg", deadline_ms: float = 10_000.0, progress: bool = True, strict: bool = True,
+    cloud_model: str | None = None, upload: str = "jpeg", deadline_ms: float = 10_000.0, progress: bool = True,
+    strict: bool = True,
 ) -> tuple[ModeRun, list[tuple[str, str]]]:
     """Run the edge SDK's ``predict`` on each image in ``mode``; returns the run and the unreadable files.
 
@@ -125,6 +126,7 @@ def sdk_pass(
 
     clf = HybridClassifier.from_bundle(
         bundle, cloud_url=cloud_url, api_key=api_key, mode=mode, upload=upload, deadline_ms=deadline_ms, probes=[],
+        cloud_model=cloud_model,
     )
     n, c = len(paths), len(bundle.labels)
     probs = np.zeros((n, c), np.float32)
@@ -382,6 +384,7 @@ def evaluate_bundle(
     *,
     cloud_url: str | None = None,
     api_key: str | None = None,
+    cloud_model: str | None = None,
     upload: str = "jpeg",
     out_dir: Union[str, Path, None] = None,
     deadline_ms: float = 10_000.0,
@@ -411,7 +414,8 @@ def evaluate_bundle(
         raise EvaluateError(f"{ed.description}: none of the {len(paths)} images could be read (e.g. {skipped[0][1]})")
     paths, y = [paths[i] for i in good], y_all[good]
     if cloud_url:
-        kw = dict(cloud_url=cloud_url, api_key=api_key, upload=upload, deadline_ms=deadline_ms, progress=progress)
+        kw = dict(cloud_url=cloud_url, api_key=api_key, cloud_model=cloud_model, upload=upload, deadline_ms=deadline_ms,
+                  progress=progress)
         cloud, _ = sdk_pass(bundle, paths, "cloud_only", **kw)
         hybrid, _ = sdk_pass(bundle, paths, "auto", strict=False, **kw)
         if len(hybrid.probs) != len(y):
@@ -430,7 +434,8 @@ def evaluate_bundle(
         "bundle": str(bundle.path), "name": bundle.manifest.name, "labels": labels,
         "data": {"source": ed.description, "split": ed.split, "n": int(len(y)), "skipped": len(skipped),
                  "skipped_files": skipped[:50]},
-        "cloud": {"where": "http" if cloud_url else "in-process", "url": cloud_url, "upload": upload},
+        "cloud": {"where": "http" if cloud_url else "in-process", "url": cloud_url, "upload": upload,
+                  "model": (cloud_model or bundle.manifest.name) if cloud_url else None},
         "routing": {"metric": routing.metric, "threshold": routing.threshold},
         "capacity_probes": "off",
         "model_bytes": sizes,

@@ -106,7 +106,7 @@ def test_against_a_server_matches_inprocess(inprocess, quantized_bundle_session,
     assert h.bytes_per_image == pytest.approx(h.offload * remote["cloud-only"].bytes_per_image, rel=0.25)
     assert set(h.reasons) <= {"confident", "low_confidence"}  # no cloud errors, no fallbacks
     rep = json.loads((tmp_path / "report.json").read_text())
-    assert rep["cloud"] == {"where": "http", "url": server_url, "upload": "original"}
+    assert rep["cloud"] == {"where": "http", "url": server_url, "upload": "original", "model": rep["name"]}
 
 
 def test_wrong_api_key_is_a_clear_error(quantized_bundle_session, server_url):

@@ -16,6 +16,8 @@ def add_arguments(p) -> None:
                    help="a running server (hybrid-vision serve, KServe, Triton); default: the bundle's cloud model in-process")
     p.add_argument("--api-key-env", default="HV_API_KEY", metavar="VAR",
                    help="environment variable holding the server's API key [HV_API_KEY]; never on the command line")
+    p.add_argument("--cloud-model", default=None,
+                   help="the model's name on the server, if not the bundle's name (Triton/KServe model repositories)")
     p.add_argument("--upload", choices=("jpeg", "original", "tensor"), default="jpeg", help="what the SDK sends to the cloud [jpeg]")
     p.add_argument("--deadline-ms", type=float, default=10_000.0, help="per-image deadline for cloud calls [10000]")
     p.add_argument("--out", default=None, help="report folder (default: evaluate-<bundle name>)")
@@ -28,8 +30,8 @@ def run(args) -> int:
     api_key = os.environ.get(args.api_key_env) or None
     out = args.out or f"evaluate-{os.path.basename(os.path.normpath(args.bundle))}"
     ev = evaluate_bundle(
-        args.bundle, args.data, cloud_url=args.cloud_url, api_key=api_key, upload=args.upload, out_dir=out,
-        deadline_ms=args.deadline_ms, progress=not args.quiet,
+        args.bundle, args.data, cloud_url=args.cloud_url, api_key=api_key, cloud_model=args.cloud_model,
+        upload=args.upload, out_dir=out, deadline_ms=args.deadline_ms, progress=not args.quiet,
     )
     r = ev.report
     where = f"cloud at {args.cloud_url}" if args.cloud_url else "cloud model in-process (no network)"
