@@ -252,7 +252,8 @@ class HybridClassifier:
             raise self._unavailable(d.reason, None)
         t3 = time.perf_counter()
         try:
-            res = self.cloud.infer(build_request([staged], self.upload, self.input.channels), 1, len(self.labels), deadline)
+            req = build_request([staged], self.upload, self.input.channels)
+            res = self.cloud.infer(req, 1, len(self.labels), deadline)
         except CloudError as e:
             lat["cloud"] = (time.perf_counter() - t3) * 1000
             if probs is None and skip and skip.startswith("no_capacity"):
@@ -269,7 +270,9 @@ class HybridClassifier:
         p.bytes_sent = res.bytes_sent
         return self._done(p, lat, t0)
 
-    def predict_batch(self, images: Sequence[ImageInput], color: str = "bgr", deadline_ms: float | None = None) -> list[Prediction]:
+    def predict_batch(
+        self, images: Sequence[ImageInput], color: str = "bgr", deadline_ms: float | None = None
+    ) -> list[Prediction]:
         """Edge on every image, then the unsure ones to the cloud in ONE request. Raises InvalidImageError
         (naming the index) if any input is bad, before any inference."""
         t0 = time.perf_counter()
@@ -309,7 +312,8 @@ class HybridClassifier:
         if ask:
             t3 = time.perf_counter()
             try:
-                res = self.cloud.infer(build_request([staged[i] for i in ask], self.upload, self.input.channels), len(ask), len(self.labels), deadline)
+                req = build_request([staged[i] for i in ask], self.upload, self.input.channels)
+                res = self.cloud.infer(req, len(ask), len(self.labels), deadline)
             except CloudError as e:
                 for i in ask:
                     if edge[i][0] is None and edge[i][1] and edge[i][1].startswith("no_capacity"):
@@ -346,7 +350,9 @@ class HybridClassifier:
 
         return check_for_update(self, deadline_ms=deadline_ms, **kw)
 
-    def swap_model(self, model: LocalModel, *, threshold: float | None = None, metric: str | None = None) -> LocalModel | None:
+    def swap_model(
+        self, model: LocalModel, *, threshold: float | None = None, metric: str | None = None
+    ) -> LocalModel | None:
         """Atomically replace the edge model; calls already running finish on the old one. Returns the old model."""
         edge = self._prepare(model)
         with self._swap_lock:
@@ -417,7 +423,9 @@ class HybridClassifier:
             self._stats.record_error("edge_inference")
             return None, "model_unavailable"
 
-    def _answer(self, probs: np.ndarray, source: str, reason: str, edge_probs: np.ndarray | None, score: float | None) -> Prediction:
+    def _answer(
+        self, probs: np.ndarray, source: str, reason: str, edge_probs: np.ndarray | None, score: float | None
+    ) -> Prediction:
         k = min(self.top_k, len(probs))
         order = np.argsort(-probs, kind="stable")[:k]
         top = [(self.labels[i], float(probs[i])) for i in order]

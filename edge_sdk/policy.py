@@ -134,7 +134,8 @@ def cloud_blocker(cloud_configured: bool, breaker_allows: bool, time_left_s: flo
 
 def after_cloud_failure(mode: str, have_edge: bool, error_reason: str) -> Decision:
     """The cloud was asked and failed: fall back to the edge answer if there is one."""
-    reason = error_reason if error_reason in ("deadline", "circuit_open", "cloud_unavailable") else f"cloud_error:{error_reason}"
+    plain = ("deadline", "circuit_open", "cloud_unavailable")
+    reason = error_reason if error_reason in plain else f"cloud_error:{error_reason}"
     if have_edge and mode == "auto":
         return Decision("edge", reason)
     return Decision("fail", reason)

@@ -61,7 +61,9 @@ def _quant_of(detail: dict, what: str) -> QuantParams:
     scale, zero = detail.get("quantization", (0.0, 0))
     dtype = np.dtype(detail["dtype"])
     if dtype not in (np.int8, np.uint8) or not scale:
-        raise ModelLoadError(f"the edge model's {what} is {dtype.name} without quantization; expected a full-integer int8 model")
+        raise ModelLoadError(
+            f"the edge model's {what} is {dtype.name} without quantization; expected a full-integer int8 model"
+        )
     return QuantParams(scale=float(scale), zero_point=int(zero), dtype=dtype.name)
 
 
@@ -143,7 +145,9 @@ class LocalModel:
             self.source = "<memory>"
         self.sha256 = hashlib.sha256(content).hexdigest()
         if expected_sha256 and expected_sha256 != self.sha256:
-            raise ModelLoadError(f"{self.source}: sha256 {self.sha256[:12]}… does not match the expected {expected_sha256[:12]}…")
+            raise ModelLoadError(
+                f"{self.source}: sha256 {self.sha256[:12]}… does not match the expected {expected_sha256[:12]}…"
+            )
         self._content = content
         self.num_threads = num_threads
         preferred = (backend,) if isinstance(backend, str) else tuple(backend or BACKENDS)
@@ -164,14 +168,17 @@ class LocalModel:
         for given, actual, what in ((input_quant, self.input_quant, "input"), (output_quant, self.output_quant, "output")):
             if given is not None and not _same_quant(given, actual):
                 raise ModelLoadError(
-                    f"{self.source}: manifest {what}_quant {given.model_dump()} does not match the model's own {actual.model_dump()}"
+                    f"{self.source}: manifest {what}_quant {given.model_dump()} does not match "
+                    f"the model's own {actual.model_dump()}"
                 )
         self._input_dtype = np.dtype(self.input_quant.dtype)
         self._deq = _dequant_table(self.output_quant)
         self._bind(interp)
 
     @classmethod
-    def from_bundle(cls, bundle, *, num_threads: int | None = None, backend: str | Sequence[str] | None = None) -> "LocalModel":
+    def from_bundle(
+        cls, bundle, *, num_threads: int | None = None, backend: str | Sequence[str] | None = None
+    ) -> "LocalModel":
         """The bundle's ``edge`` model (format tflite-int8), checked against the manifest's sha256 and quantization."""
         m = bundle.manifest.models.get("edge")
         if m is None:

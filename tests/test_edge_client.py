@@ -454,3 +454,26 @@ def test_client_nan_probabilities_are_bad_response():
     with pytest.raises(CloudError) as ei:
         c.infer_images([b"abc"], 4, deadline_after(1000))
     assert ei.value.reason == "bad_response"
+
+
+# --- no edge model -------------------------------------------------------------------------------
+
+
+@responses.activate
+def test_model_load_failure_goes_to_the_cloud_and_raises_only_if_it_fails_too(tiny, edge_answer):
+    img, _ = edge_answer
+    # a device where no interpreter backend can load the model
+    clf = make(tiny, backend=["tflite_runtime"])
+    assert clf.model is None and "tflite_runtime" in clf.stats()["model"]["error"]
+    responses.add_callback(responses.POST, URL, callback=ok_callback)
+    p = clf.predict(img)
+    assert (p.source, p.reason, p.edge_confidence) == ("cloud", "model_unavailable", None)
+    responses.reset()
+    responses.post(URL, status=500, json={"error": "boom"})
+    with pytest.raises(CloudUnavailableError) as ei:
+        clf.predict(img)
+    assert ei.value.reason == "cloud_error:http_500"
+    from edge_sdk.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError):  # and with no cloud to fall back to, loading fails loudly
+        HybridClassifier.from_bundle(tiny, backend=["tflite_runtime"])

@@ -13,12 +13,15 @@ HELP = "classify images with a bundle's int8 model, asking the cloud for the har
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle directory (after `hybrid-vision quantize`)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, WebP)")
-    p.add_argument("--cloud-url", default=None, help="KServe v2 server to fall back to, e.g. https://vision.example.com")
+    p.add_argument("--cloud-url", default=None,
+                   help="KServe v2 server to fall back to, e.g. https://vision.example.com")
     p.add_argument("--api-key-env", default="HV_API_KEY", metavar="VAR",
-                   help="environment variable holding the API key (default: HV_API_KEY); keys are never taken on the command line")
+                   help="environment variable holding the API key (default: HV_API_KEY); "
+                        "keys are never taken on the command line")
     p.add_argument("--mode", choices=("auto", "edge_only", "cloud_only"), default="auto")
     p.add_argument("--threshold", type=float, default=None, help="override the bundle's calibrated threshold")
-    p.add_argument("--metric", choices=("max_prob", "margin", "entropy"), default=None, help="override the bundle's metric (needs --threshold)")
+    p.add_argument("--metric", choices=("max_prob", "margin", "entropy"), default=None,
+                   help="override the bundle's metric (needs --threshold)")
     p.add_argument("--deadline-ms", type=float, default=2000.0, help="per-image deadline (default 2000)")
     p.add_argument("--upload", choices=("jpeg", "original", "tensor"), default="jpeg", help="what to send to the cloud")
     p.add_argument("--ca-bundle", default=None, help="CA certificate file to verify the server's TLS certificate")
