@@ -3,9 +3,10 @@
 Stages: train the big/little pair (a CNN for the cloud, a quarter-width CNN for
 the device) -> derive the same-CNN bundle from the same cloud model (so the big
 model is trained once) -> quantize and calibrate both -> start the real cloud
-service in a child process on a free loopback port, with an API key -> run the
-edge SDK over the test split against it in edge_only, cloud_only and auto
-modes -> stop the service (also on Ctrl-C or SIGTERM) -> tables, report.json, plots.
+service in a child process on a free loopback port, with an API key -> run
+`hybrid-vision evaluate --cloud-url` (the edge SDK over the test split against
+the service in edge_only, cloud_only and auto modes) -> stop the service (also
+on Ctrl-C or SIGTERM) -> tables, report.json, plots.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -145,6 +148,24 @@ def _quantize(paths: dict[str, Path], cfg: DemoConfig) -> dict[str, dict[str, An
     return out
 
 
+def run_evaluate(bundle: Path, url: str, key: str, out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    """`hybrid-vision evaluate --cloud-url` in a child process; returns its report.json.
+
+    A child, not a call: this process has trained models, and TensorFlow's idle
+    thread pools left behind would add their wake-ups to the edge latencies
+    measured here. The child imports no TensorFlow, like a device.
+    """
+    cmd = [sys.executable, "-m", "edge_sdk.cli", "evaluate", str(bundle), "--data", "digits", "--cloud-url", url,
+           "--upload", cfg.upload, "--out", str(out), *([] if cfg.progress else ["--quiet"])]
+    env = {**os.environ, "HV_API_KEY": key, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)  # stderr: progress bars
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluate.txt").write_text(r.stdout, encoding="utf-8")
+    if r.returncode != 0:
+        raise DemoError(f"hybrid-vision evaluate {bundle.name} failed with status {r.returncode} (its error is above)")
+    return json.loads((out / "report.json").read_text(encoding="utf-8"))
+
+
 def _reusable(paths: dict[str, Path]) -> bool:
     try:
         return all(load_bundle(p).has("edge") for p in paths.values())
@@ -157,7 +178,7 @@ def _reusable(paths: dict[str, Path]) -> bool:
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage; returns the report (also written to ``cfg.out``/report.json)."""
-    from .evaluate import evaluate_bundle, plot_tradeoffs
+    from .evaluate import Tradeoff, plot_tradeoffs
 
     t0 = time.perf_counter()
     load_start = _load()
@@ -185,22 +206,21 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         key = secrets.token_urlsafe(24)
         _say("[3/4] starting the cloud service (hybrid-vision serve) on a free loopback port, with an API key")
         t = time.perf_counter()
-        evals = {}
+        evals: dict[str, dict[str, Any]] = {}
         with CloudService(list(paths.values()), log_path=out / "serve.log", api_key=key, progress=cfg.progress) as svc:
             seconds["serve_start"] = round(time.perf_counter() - t, 1)
             _say(f"      cloud service ready at {svc.url} (pid {svc.pid})")
             t = time.perf_counter()
-            for i, (name, b) in enumerate(bundles.items()):
-                _say(f"[4/4] edge SDK over the test split against the service: {name} ({i + 1}/{len(bundles)})")
-                evals[name] = evaluate_bundle(
-                    b, "digits", cloud_url=svc.url, api_key=key, upload=cfg.upload, out_dir=out / name,
-                    progress=cfg.progress, title=f"{CONFIGS[name].split(':')[0]}: digits test split",
-                )
+            for i, (name, path) in enumerate(paths.items()):
+                _say(f"[4/4] hybrid-vision evaluate {name} --data digits --cloud-url {svc.url}: the edge SDK over "
+                     f"the test split in edge_only, cloud_only and auto modes ({i + 1}/{len(paths)})")
+                evals[name] = run_evaluate(path, svc.url, key, out / name, cfg)
             seconds["evaluate"] = round(time.perf_counter() - t, 1)
         _say(f"      cloud service stopped (exit status {svc.proc.returncode})")
 
     seconds["total"] = round(time.perf_counter() - t0, 1)
-    plot = plot_tradeoffs([e.tradeoff for e in evals.values()], out / "accuracy_vs_offload.png")
+    plot = plot_tradeoffs([Tradeoff.from_report(e, f"{CONFIGS[n].split(':')[0]}: digits test split (n={e['data']['n']})")
+                           for n, e in evals.items()], out / "accuracy_vs_offload.png")
     report: dict[str, Any] = {
         "config": asdict(cfg),
         "machine": {"cpus": os.cpu_count(), "load_avg_1m_start": load_start, "load_avg_1m_end": _load()},
@@ -211,7 +231,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     }
     for name, e in evals.items():
         b = bundles[name]
-        rep = dict(e.report)
+        rep = dict(e)
         rep["description"] = CONFIGS[name]
         rep["train"] = _train_summary(b)
         rep["quantize"] = _quantize_summary(b)

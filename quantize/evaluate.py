@@ -286,6 +286,19 @@ class Tradeoff:
     cloud_accuracy: float
     measured: tuple[float, float] | None = None  # (offload, accuracy) of the hybrid row, if run separately
 
+    @classmethod
+    def from_report(cls, report: dict[str, Any], title: str = "") -> "Tradeoff":
+        """Rebuild from an evaluate report.json (its "tradeoff", and the hybrid row when it was run over HTTP)."""
+        from .calibrate import Curve
+
+        d = report["tradeoff"]
+        curves = {m: Curve(m, np.asarray(c["threshold"]), np.asarray(c["offload"]), np.asarray(c["hybrid_accuracy"]))
+                  for m, c in d["curves"].items()}
+        hybrid = next(r for r in report["rows"] if r["name"] == "hybrid")
+        measured = (hybrid["offload"], hybrid["accuracy"]) if report["cloud"]["where"] == "http" else None
+        return cls(title, curves, d["metric"], d["threshold"], d["offload_at_threshold"], d["hybrid_accuracy_at_threshold"],
+                   d["edge_accuracy"], d["cloud_accuracy"], measured)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "metric": self.metric, "threshold": self.threshold, "offload_at_threshold": self.offload,

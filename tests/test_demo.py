@@ -38,6 +38,18 @@ def gone(pid: int) -> bool:
         return True
 
 
+def leftovers(out: Path) -> list[str]:
+    """Live processes whose command line names the demo's folder (its server, its evaluate children)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if str(out) in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(cmd)
+    return found
+
+
 @pytest.fixture(scope="module")
 def demo_run(trained_bundle_session, tmp_path_factory):
     """One quick demo, starting from the session's trained bundle (its cloud model; the little edge CNN is trained)."""
@@ -127,6 +139,7 @@ def test_ctrl_c_during_serving_stops_the_server(demo_run, tmp_path):
     assert rc == 130, err[-2000:]
     assert "interrupted" in err and "Traceback" not in err
     assert gone(server_pid), f"server {server_pid} still running"
+    assert leftovers(out) == [], "a child of the demo (server or evaluate) is still running"
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/v2/health/live", timeout=5)
     assert not (out / "report.json").exists()
