@@ -76,6 +76,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Item | None] | None = None
         self._task: asyncio.Task | None = None
         self._incoming = 0  # callers announced by infer(), still preparing their input
+        self.in_worker = 0  # requests handed to the worker thread and not yet answered
         self._closing = False
 
     # --- lifecycle ---------------------------------------------------------
@@ -102,6 +103,11 @@ class Batcher:
     def depth(self) -> int:
         """Requests waiting for the model (not counting the batch it is running)."""
         return self._queue.qsize() if self._queue is not None else 0
+
+    @property
+    def preparing(self) -> int:
+        """Requests admitted by :meth:`infer` whose input is still being prepared (decoded)."""
+        return self._incoming
 
     @property
     def running(self) -> bool:
@@ -179,6 +185,7 @@ class Batcher:
         if not live:
             return
         loop = asyncio.get_running_loop()
+        self.in_worker = len(live)
         try:
             outs, seconds = await loop.run_in_executor(self.worker, _call, self.fn, [it.x for it in live])
         except Exception as e:  # the model failed: every caller in the batch learns why
@@ -187,6 +194,8 @@ class Batcher:
                 if not it.future.done():
                     it.future.set_exception(e)
             return
+        finally:
+            self.in_worker = 0
         if self.on_batch is not None:
             self.on_batch(sum(len(it.x) for it in live), seconds)
         start = 0

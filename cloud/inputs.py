@@ -69,6 +69,8 @@ def parse_infer(body: bytes, spec: ModelInput) -> ParsedInfer:
     t = req.inputs[0]
     if t.name != INPUT_NAME:
         raise ApiError(400, f"unknown input {t.name!r}; this model takes one input named {INPUT_NAME!r}")
+    if any(d < 0 for d in t.shape):  # malformed whatever the datatype, so checked before any shape rule
+        raise ApiError(400, f"shape {t.shape} has a negative dimension")
     if t.datatype == "BYTES":
         x = _bytes_tensor(t, spec)
     elif t.datatype == "UINT8":
@@ -154,7 +156,8 @@ def _fp32_tensor(t: Tensor, spec: ModelInput) -> np.ndarray:
         raise ApiError(422, f"an FP32 input must be preprocessed to the model's shape [N, {', '.join(map(str, want))}], "
                             f"not {t.shape}")
     _count(t, spec)
-    arr = _numeric(t, "iuf", "numbers").astype(np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+        arr = _numeric(t, "iuf", "numbers").astype(np.float32)
     if not np.isfinite(arr).all():
         raise ApiError(422, "FP32 data contains NaN or Inf (or a value out of float32 range)")
     return arr

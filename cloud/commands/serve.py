@@ -58,17 +58,17 @@ def run(args) -> int:
     from cloud.model import select_backend
     from cloud.settings import load_settings, read_api_key_file
 
-    # KERAS_BACKEND must be set before anything imports keras.
-    backend = select_backend(args.backend or os.environ.get("HV_BACKEND"))
     keys = read_api_key_file(args.api_key_file) if args.api_key_file else None
     settings = load_settings(
-        host=args.host, port=args.port, backend=backend, max_batch_size=args.max_batch_size,
+        host=args.host, port=args.port, backend=args.backend, max_batch_size=args.max_batch_size,
         max_delay_ms=args.max_delay_ms, queue_size=args.queue_size, decode_threads=args.decode_threads,
         max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels, api_keys=keys,
         rate_limit_rps=args.rate_limit_rps, rate_limit_burst=args.rate_limit_burst,
         ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, log_level=args.log_level,
         access_log=args.access_log, bench_endpoints=args.bench_endpoints,
     )
+    # KERAS_BACKEND must be set before anything imports keras (settings.backend comes from --backend or HV_BACKEND).
+    backend = select_backend(settings.backend)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
         print("warning: listening beyond loopback without API keys; anyone who can reach the port can use it",
               file=sys.stderr)
