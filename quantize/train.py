@@ -151,6 +151,15 @@ def fit_model(model, train, val, cfg: TrainConfig, desc: str) -> dict[str, Any]:
     }
 
 
+def save_for_inference(model, path: Path) -> None:
+    """Save weights and architecture only: the optimizer state would triple the file and is never used."""
+    import keras
+
+    clean = keras.Model.from_config(model.get_config())  # uncompiled: no optimizer slots
+    clean.set_weights(model.get_weights())
+    clean.save(path)
+
+
 def predict_probs(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Compiled, batched inference (model.predict's per-call overhead is not paid per image)."""
     out = [np.asarray(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
@@ -191,7 +200,7 @@ def train(cfg: TrainConfig) -> Bundle:
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)
         files: dict[str, Any] = {}
-        cloud.save(td / "cloud.keras")
+        save_for_inference(cloud, td / "cloud.keras")
         files["cloud.keras"] = td / "cloud.keras"
         models = {"cloud": ModelFile(file="cloud.keras", format="keras")}
         test = classification_summary(te.y, predict_probs(cloud, te.x).argmax(1), sp.labels)
@@ -201,7 +210,7 @@ def train(cfg: TrainConfig) -> Bundle:
         if cfg.edge_arch:
             edge = build(cfg.edge_arch, shape, n, cfg.edge_width)
             fit_edge = fit_model(edge, tr, va, cfg, f"train {edge.name}")
-            edge.save(td / "edge_source.keras")
+            save_for_inference(edge, td / "edge_source.keras")
             files["edge_source.keras"] = td / "edge_source.keras"
             models["edge_source"] = ModelFile(file="edge_source.keras", format="keras")
             etest = classification_summary(te.y, predict_probs(edge, te.x).argmax(1), sp.labels)
