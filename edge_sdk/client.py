@@ -84,6 +84,7 @@ class _Reply:
     status: int
     headers: Mapping[str, str]
     content: bytes
+    parsed: Any = None  # what _call's ``parse`` made of it
 
 
 class CloudClient:
@@ -167,13 +168,9 @@ class CloudClient:
         t0 = time.perf_counter()
         body = json.dumps(request, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json"}
-        reply, attempts, sent = self._call("POST", self.infer_url, body, headers, deadline)
-        if reply.status != 200:
-            raise _status_error(reply)
-        try:
-            probs, labels = parse_outputs(json.loads(reply.content), n, num_classes)
-        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and pydantic's ValidationError included
-            raise CloudError(f"malformed infer response: {_short(e)}", "bad_response", reply.status) from None
+        reply, attempts, sent = self._call("POST", self.infer_url, body, headers, deadline,
+                                           parse=lambda r: _parse_infer(r, n, num_classes))
+        probs, labels = reply.parsed
         return CloudResult(probs, labels, sent, attempts, (time.perf_counter() - t0) * 1000)
 
     # --- over-the-air update ---------------------------------------------------
@@ -188,14 +185,21 @@ class CloudClient:
 
     # --- transport -------------------------------------------------------------
 
-    def _call(self, method: str, url: str, body: bytes | None, headers: dict, deadline: float, sink: "Sink | None" = None) -> tuple[_Reply, int, int]:
-        """Breaker, retries and deadline around one logical request; returns (reply, attempts, bytes sent)."""
+    def _call(self, method: str, url: str, body: bytes | None, headers: dict, deadline: float, sink: "Sink | None" = None,
+              parse: Callable[[_Reply], Any] | None = None) -> tuple[_Reply, int, int]:
+        """Breaker, retries and deadline around one logical request; returns (reply, attempts, bytes sent).
+
+        ``parse`` (its result lands in ``reply.parsed``) runs before the breaker hears of a success,
+        so a server that answers 200 with garbage counts as failing, not as healthy.
+        """
         if not self.breaker.allow():
             raise CloudError("circuit breaker is open: the cloud failed repeatedly; waiting for the cool-down", "circuit_open")
         try:
             reply, attempts, sent = self._with_retries(method, url, body, headers, deadline, sink)
             if reply.status >= 500 or reply.status in (401, 403, 404, 429):
                 raise _status_error(reply)
+            if parse is not None:
+                reply.parsed = parse(reply)
         except CloudError as e:
             if counts_against_breaker(e.reason):
                 self.breaker.record_failure()
@@ -207,11 +211,13 @@ class CloudClient:
 
     def _with_retries(self, method, url, body, headers, deadline, sink=None) -> tuple[_Reply, int, int]:
         attempts = sent = 0
+        last: CloudError | None = None  # why the previous attempt failed
         while True:
             attempts += 1
             left = deadline - time.monotonic()
             if left <= 0:
-                raise CloudError("the call's deadline ran out before the request could be sent", "deadline")
+                # a retry that found no time left: the real cause is the last failure, not the clock
+                raise last or CloudError("the call's deadline ran out before the request could be sent", "deadline")
             sent += len(body or b"")
             self._count(len(body or b""))
             try:
@@ -219,9 +225,11 @@ class CloudClient:
             except CloudError as e:
                 if e.reason != "connection" or not self._wait_for_retry(attempts, None, deadline):
                     raise
+                last = e
                 continue
             if reply.status == 503:
                 if self._wait_for_retry(attempts, reply.headers.get("Retry-After"), deadline):
+                    last = _status_error(reply)
                     continue
                 raise _status_error(reply)
             return reply, attempts, sent
@@ -280,6 +288,15 @@ class CloudClient:
     def _count(self, n: int) -> None:
         with self._bytes_lock:
             self.bytes_sent += n
+
+
+def _parse_infer(reply: _Reply, n: int, num_classes: int) -> tuple[np.ndarray, list[str] | None]:
+    if reply.status != 200:
+        raise _status_error(reply)
+    try:
+        return parse_outputs(json.loads(reply.content), n, num_classes)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and pydantic's ValidationError included
+        raise CloudError(f"malformed infer response: {_short(e)}", "bad_response", reply.status) from None
 
 
 def _timeout_error(by_deadline: bool, limit: float) -> CloudError:
