@@ -119,7 +119,11 @@ def parse_outputs(body: Any, n: int, num_classes: int) -> tuple[np.ndarray, list
     t = by_name[PROBS_OUTPUT]
     if t.shape != [n, num_classes]:
         raise ValueError(f"'{PROBS_OUTPUT}' has shape {t.shape}, expected [{n}, {num_classes}]")
-    probs = np.asarray(t.data, dtype=np.float32)
+    try:
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused below
+            probs = np.asarray(t.data, dtype=np.float32)
+    except (TypeError, ValueError):  # objects, strings, ragged lists: a bad answer, not a crash
+        raise ValueError(f"'{PROBS_OUTPUT}' data is not a flat list of numbers") from None
     if probs.size != n * num_classes:
         raise ValueError(f"'{PROBS_OUTPUT}' carries {probs.size} values for shape {t.shape}")
     probs = probs.reshape(n, num_classes)
