@@ -28,6 +28,9 @@ from .settings import Settings
 log = logging.getLogger("hybrid_vision.cloud")
 
 
+CLOSE_GRACE_S = 1.0  # how long a stopping server waits for a closed TLS connection's close_notify
+
+
 class ServeError(HybridVisionError):
     """The server could not start: the address is taken, TLS files are unreadable, or warm-up failed."""
 
@@ -47,6 +50,28 @@ class DrainingServer(uvicorn.Server):
         """Ask for a graceful stop from any thread (what SIGTERM does)."""
         self.hv_app.state.hv.begin_drain()
         self.should_exit = True
+
+    async def shutdown(self, sockets=None) -> None:
+        reaper = asyncio.get_running_loop().create_task(self._abort_stuck_closes())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            reaper.cancel()
+
+    async def _abort_stuck_closes(self) -> None:
+        """Closing a TLS connection waits for the client's close_notify, up to 30 s, and an idle
+        keep-alive client never sends one: the stop would hang that long. A connection that is
+        closing with nothing left to send has had its answer; after a grace period it is aborted."""
+        closing_since: dict[int, float] = {}
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.1)
+            for conn in list(self.server_state.connections):
+                t = getattr(conn, "transport", None)
+                if t is None or not t.is_closing() or t.get_write_buffer_size():
+                    continue
+                if loop.time() - closing_since.setdefault(id(conn), loop.time()) >= CLOSE_GRACE_S:
+                    t.abort()
 
 
 def make_server(app: FastAPI, settings: Settings) -> DrainingServer:
