@@ -249,19 +249,24 @@ class CloudClient:
     def _attempt(self, method: str, url: str, body: bytes | None, headers: dict, left: float, sink=None) -> _Reply:
         by_deadline = left <= self.max_attempt_s
         limit = min(left, self.max_attempt_s)
-        fut = self._pool.submit(self._send, method, url, body, headers, limit, sink)
+        started: list[requests.Response] = []  # _send's response, so that giving up can interrupt its read
+        fut = self._pool.submit(self._send, method, url, body, headers, limit, sink, started)
         try:
             return fut.result(timeout=limit)
         except FutureTimeout:
             fut.cancel()
+            _interrupt(started)
             raise _timeout_error(by_deadline, limit) from None
 
-    def _send(self, method: str, url: str, body: bytes | None, headers: dict, limit: float, sink=None) -> _Reply:
+    def _send(self, method: str, url: str, body: bytes | None, headers: dict, limit: float, sink=None,
+              started: list | None = None) -> _Reply:
         """Runs on the pool: one HTTP exchange, body read with a size cap (or streamed into ``sink``)."""
         by_deadline = limit < self.max_attempt_s
         try:
             with self.session.request(method, url, data=body, headers=headers, timeout=(limit, limit), stream=True,
                                       verify=self.verify) as r:
+                if started is not None:
+                    started.append(r)
                 chunks, size = [], 0
                 streaming = sink is not None and r.status_code == 200
                 cap = sink.max_bytes if streaming else self.max_response_bytes
@@ -288,6 +293,16 @@ class CloudClient:
     def _count(self, n: int) -> None:
         with self._bytes_lock:
             self.bytes_sent += n
+
+
+def _interrupt(started: list) -> None:
+    """Stop a worker still reading an answer nobody waits for. A body that trickles in a byte at a
+    time never trips the per-read timeout, so without this the worker and its socket stay busy."""
+    for r in started:
+        try:
+            r.raw.shutdown()  # urllib3 >= 2.3; the reader then fails and its connection is discarded
+        except (AttributeError, NotImplementedError, RuntimeError, ValueError, OSError):
+            pass  # already finished (or an older urllib3: the per-read timeout ends it)
 
 
 def _parse_infer(reply: _Reply, n: int, num_classes: int) -> tuple[np.ndarray, list[str] | None]:

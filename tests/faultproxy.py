@@ -15,6 +15,8 @@ connections that are open, so a client's kept-alive connection meets it too):
 * ``reset``: forward the request, then the first ``reset_after`` bytes of the
   response, then abort the connection with a TCP RST (SO_LINGER 0).
 * ``stall``: forward the response's status line and headers, then nothing.
+* ``drip``: forward the response's headers, then its body one byte every
+  ``drip_s`` (too slow to finish, too steady for a per-read timeout to fire).
 * ``garbage``: answer the request with bytes that are not HTTP.
 * ``garbage_http``: answer with a well-formed HTTP 200 whose JSON body is junk.
 * ``tamper``: forward everything, but flip one byte of each response body
@@ -34,7 +36,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-MODES = ("pass", "latency", "drop", "reset", "stall", "garbage", "garbage_http", "tamper")
+MODES = ("pass", "latency", "drop", "reset", "stall", "drip", "garbage", "garbage_http", "tamper")
 GARBAGE = b"\x00\xffNOT-HTTP\x13\x37" + os.urandom(64) + b"\r\n\r\n"
 JUNK_JSON = b'{"outputs": "nope", "model_name": 7}'
 
@@ -45,6 +47,7 @@ class Fault:
     latency_s: float = 0.0
     reset_after: int = 40
     tamper_at: int = 1000
+    drip_s: float = 0.05
 
 
 @dataclass(eq=False)
@@ -211,7 +214,7 @@ class FaultProxy:
         sel = selectors.DefaultSelector()
         sel.register(client, selectors.EVENT_READ)
         sel.register(upstream, selectors.EVENT_READ)
-        new_request, sent_back, stalled = True, 0, False
+        new_request, sent_back, stalled, in_body = True, 0, False, False
         tamper = _Tamper(fault.tamper_at) if fault.mode == "tamper" else None
         try:
             while not conn.closed.is_set() and not self._stop.is_set():
@@ -225,6 +228,8 @@ class FaultProxy:
                             return
                         if new_request and tamper is not None:
                             tamper.next_response()
+                        if new_request:
+                            in_body = False
                         new_request = False
                         upstream.sendall(data)
                         continue
@@ -238,6 +243,17 @@ class FaultProxy:
                         sent_back += len(data)
                         if sent_back >= fault.reset_after:
                             return  # _serve closes with SO_LINGER 0: a reset
+                        continue
+                    if fault.mode == "drip":
+                        if not in_body:
+                            end = data.find(b"\r\n\r\n")
+                            head, data = (data, b"") if end < 0 else (data[: end + 4], data[end + 4 :])
+                            client.sendall(head)
+                            in_body = end >= 0
+                        for b in data:
+                            if conn.closed.wait(fault.drip_s):
+                                return
+                            client.sendall(bytes([b]))
                         continue
                     if fault.mode == "stall":
                         end = data.find(b"\r\n\r\n")

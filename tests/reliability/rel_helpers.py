@@ -29,6 +29,16 @@ def snapshot(ports: tuple[int, ...]) -> Resources:
     return Resources(set(threading.enumerate()), proc.num_fds(), len(conns))
 
 
+def sockets_to(port: int, wait_s: float = 0.0) -> int:
+    """This process's client sockets connected to ``port``, once they stop closing (polls up to ``wait_s``)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        n = sum(1 for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port)
+        if n == 0 or time.monotonic() > deadline:
+            return n
+        time.sleep(0.05)
+
+
 def leaks(before: Resources, ports: tuple[int, ...], wait_s: float = 5.0) -> dict:
     """What is still open that was not before (polls up to ``wait_s`` for things that are closing)."""
     deadline = time.monotonic() + wait_s

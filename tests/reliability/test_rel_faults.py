@@ -4,8 +4,9 @@ A loopback fault proxy (tests/faultproxy.py) sits between them. For each fault:
 the classifier (edge always unsure, so it always asks the cloud) answers every
 ``predict`` within its deadline + 50 ms from the edge, with the reason the
 fault should give; the breaker opens and later answers say ``circuit_open``;
-once the proxy heals the breaker closes and the cloud answers again. Then
-nothing the test started is left running: no threads, fds or connections.
+the attempts the callers gave up on do not keep sockets open; once the proxy
+heals the breaker closes and the cloud answers again. Then nothing the test
+started is left running: no threads, fds or connections.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import time
 import numpy as np
 import pytest
 
-from rel_helpers import KEY, leaks, snapshot
 from edge_sdk.breaker import CircuitBreaker
 from edge_sdk.hybrid import HybridClassifier
 from faultproxy import FaultProxy
+from rel_helpers import KEY, leaks, snapshot, sockets_to
 
 pytestmark = pytest.mark.reliability
 
@@ -32,8 +33,10 @@ FAILURES_TO_OPEN = 3
 FAULTS = {
     "latency_past_deadline": (lambda p: p.set("latency", latency_s=1.5), "deadline"),
     "drop": (lambda p: p.set("drop"), "cloud_error:connection"),
-    "reset_mid_response": (lambda p: p.set("reset", reset_after=60), "cloud_error:connection"),
+    "reset_in_headers": (lambda p: p.set("reset", reset_after=60), "cloud_error:connection"),
+    "reset_in_body": (lambda p: p.set("reset", reset_after=200), "cloud_error:connection"),
     "stall_after_headers": (lambda p: p.set("stall"), "deadline"),
+    "drip_one_byte_at_a_time": (lambda p: p.set("drip", drip_s=0.05), "deadline"),
     "garbage": (lambda p: p.set("garbage"), "cloud_error:connection"),
     "garbage_http_200": (lambda p: p.set("garbage_http"), "cloud_error:bad_response"),
     "down": (lambda p: p.go_down(), "cloud_error:connection"),
@@ -92,6 +95,8 @@ def test_fault_answers_in_time_trips_the_breaker_and_recovers(fault, server, qua
                 check_fallback(p, ms, edge, {reason} if len(seen) < FAILURES_TO_OPEN else {"circuit_open"})
                 seen.append(p.reason)
             assert clf.cloud.breaker.times_opened == 1 and clf.cloud.breaker.state in ("open", "half_open")
+            # the attempts the callers gave up on end too: no worker is left holding a socket
+            assert sockets_to(proxy.port, wait_s=DEADLINE_MS / 1000 + 0.5) == 0
             # several threads at once under the same fault: still every answer in time
             results, errors = [], []
 
