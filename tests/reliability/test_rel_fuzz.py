@@ -13,7 +13,9 @@ The properties are the contracts the rest of the product relies on:
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 
 import cv2
 import numpy as np
@@ -85,6 +87,28 @@ def check_decoded(data: bytes) -> None:
     assert (rgb.shape[1], rgb.shape[0]) == (info.width, info.height), "the decoder and the header reader disagree"
     x = preprocess(data, SPEC, PP, limits=LIMITS)
     assert x.shape == (16, 16, 1) and x.dtype == np.float32 and np.isfinite(x).all()
+
+
+def header_lies() -> dict[str, bytes]:
+    """Files whose size header says less than their pixel data: the pre-decode pixel check must not be fooled."""
+    big = np.random.default_rng(4).integers(0, 256, (400, 400, 3), dtype=np.uint8)  # 160,000 px > LIMITS
+    jpeg = _encode(".jpg", big)
+    sof = jpeg.find(b"\xff\xc0")
+    small_sof = b"\xff\xc1" + struct.pack(">HBHHB", 11, 8, 10, 10, 1) + b"\x01\x11\x00"  # declares 10x10 first
+    ok, webp = cv2.imencode(".webp", big, [cv2.IMWRITE_WEBP_QUALITY, 80])
+    frame = webp.tobytes()[12:]  # the VP8 chunk (400x400)
+    vp8x = b"VP8X" + struct.pack("<I", 10) + bytes(4) + (9).to_bytes(3, "little") * 2  # canvas 10x10
+    riff = b"WEBP" + vp8x + frame
+    png = bytearray(_encode(".png", big))
+    png[16:24] = struct.pack(">II", 10, 10)  # IHDR says 10x10 over 400x400 data (CRC now wrong too)
+    return {"jpeg_two_sofs": jpeg[:sof] + small_sof + jpeg[sof:],
+            "webp_small_canvas": b"RIFF" + struct.pack("<I", len(riff)) + riff,
+            "png_small_ihdr": bytes(png)}
+
+
+@pytest.mark.parametrize("name", list(header_lies()))
+def test_a_lying_size_header_never_yields_more_pixels_than_it_declared(name):
+    check_decoded(header_lies()[name])
 
 
 @fuzz
@@ -170,7 +194,7 @@ MODEL_INPUT = ModelInput(SPEC, PP, LIMITS, max_images=8)
 def near_valid_requests(draw) -> dict:
     dt = draw(st.sampled_from(["FP32", "UINT8", "BYTES", "INT8", "FP64"]))
     if dt == "BYTES":
-        good_shape, good_data = [1], [__import__("base64").b64encode(SEEDS[0]).decode()]
+        good_shape, good_data = [1], [base64.b64encode(SEEDS[0]).decode()]
     elif dt == "UINT8":
         good_shape, good_data = [1, 3, 2, 3], [7] * 18
     else:
