@@ -29,3 +29,19 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 def from_image_error(e: InvalidImageError) -> ApiError:
     return ApiError(IMAGE_ERROR_STATUS.get(e.kind, 422), str(e))
+
+
+def describe(exc: BaseException) -> tuple[int, str, dict[str, str]] | None:
+    """(status, message, headers) for an error a client caused or can retry; None for a bug (a 500)."""
+    from .batching import BatcherClosedError, QueueFullError
+
+    if isinstance(exc, ApiError):
+        return exc.status, exc.message, exc.headers
+    if isinstance(exc, InvalidImageError):
+        e = from_image_error(exc)
+        return e.status, e.message, {}
+    if isinstance(exc, QueueFullError):
+        return 503, str(exc), {"Retry-After": str(max(1, round(exc.retry_after)))}
+    if isinstance(exc, BatcherClosedError):
+        return 503, str(exc), {"Retry-After": "1", "Connection": "close"}
+    return None

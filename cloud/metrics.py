@@ -41,12 +41,30 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Counts and times every HTTP request, the ones refused before routing (401/413/429) included."""
+    """Counts and times every HTTP request, the ones refused before routing (401/413/429) included.
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes):
-        self.app, self.metrics, self.routes = app, metrics, routes
+    ``hot_label`` names the endpoints served outside the router; labels are cached per (method, path).
+    """
+
+    CACHE_SIZE = 4096
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes, hot_label=None):
+        self.app, self.metrics, self.routes, self.hot_label = app, metrics, routes, hot_label
+        self._cache: dict[tuple[str, str], str] = {}
 
     def _endpoint(self, scope: Scope) -> str:
+        key = (scope["method"], scope["path"])
+        name = self._cache.get(key)
+        if name is None:
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            name = self._cache[key] = self._match(scope)
+        return name
+
+    def _match(self, scope: Scope) -> str:
+        hot = self.hot_label(scope) if self.hot_label is not None else None
+        if hot is not None:
+            return hot
         partial = None
         for route in self.routes:
             match, _ = route.matches(scope)

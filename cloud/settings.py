@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(5.0, ge=0, le=10_000)
     queue_size: int = Field(256, ge=1, le=1_000_000)  # requests waiting for the model, per model
     decode_threads: int = Field(default_factory=_default_decode_threads, ge=1, le=256)
+    inline_decode_max_pixels: int = Field(4096, ge=0)  # tinier images decode on the event loop (cheaper than a hop)
     # limits
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=64)

@@ -276,7 +276,7 @@ def test_bundles_that_do_not_match_are_refused(tmp_path, tmp_path_factory):
 
 
 def test_backend_cannot_change_once_keras_is_loaded():
-    import keras  # noqa: F401
+    import keras  # noqa: F401  (loaded on the tensorflow backend)
 
     from cloud.model import BackendError, select_backend
 

@@ -1,0 +1,403 @@
+"""The cloud service under load, against its two ceilings, measured in one run. Prints one JSON object.
+
+    python benchmarks/cloud_bench.py [--model digits|mobilenetv2|resnet50|BUNDLE] [--backend tensorflow|jax|torch]
+                                     [--concurrency 1,8,32,64] [--duration 8] [--client auto|wrk|python]
+
+* model ceiling: the service's own compiled model (cloud.model.CloudModel), in this process, with the
+  server stopped, at every batch size up to --max-batch-size x 2; the best images/s.
+* HTTP ceiling: the same server (started with --bench-endpoints) and the same client and image bodies
+  at the top concurrency, on POST /v1/noop: auth, limits, routing and the body read, no decode, no model.
+* served: POST /v1/classify with encoded images (PNG for digits, JPEG otherwise) at each concurrency,
+  with batching on (--max-batch-size) and off (max_batch_size=1), each on a fresh `hybrid-vision serve`.
+
+Targets (issue 7), at the top concurrency: served with batching on >= 80% of the lower ceiling; batching
+on never slower than off. The load generator is `wrk` (C, epoll) when installed, else separate Python
+processes; on a small machine it shares the CPUs with the server, which the JSON reports.
+
+--model digits uses bundles/digits if it exists, else trains one into a temp dir (~1 min).
+mobilenetv2 / resnet50 are keras.applications at 224x224, weights=None, wrapped in a temp bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # cloud_server.serve_subprocess
+
+import numpy as np  # noqa: E402
+
+APPS = {"mobilenetv2": "MobileNetV2", "resnet50": "ResNet50"}
+
+
+# --- what runs where ---------------------------------------------------------------
+
+
+def machine(backend: str) -> dict:
+    cpu = platform.processor() or ""
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "backend": backend,
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            info["gpu"] = out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return info
+
+
+# --- the model and the images ---------------------------------------------------------
+
+
+def make_bundle(model: str, work: Path) -> Path:
+    """A bundle for --model: an existing path, digits (trained if needed), or a keras.applications net at 224."""
+    p = Path(model)
+    if p.is_dir():
+        return p
+    if model == "digits":
+        if (REPO / "bundles" / "digits" / "manifest.json").exists():
+            return REPO / "bundles" / "digits"
+        from quantize.train import TrainConfig, train
+
+        out = work / "digits"
+        train(TrainConfig(data="digits", out=str(out), epochs=12, patience=4, progress=False))
+        return out
+    if model in APPS:
+        import keras
+
+        from edge_sdk.bundle import Manifest, ModelFile, write_bundle
+        from edge_sdk.preprocess import InputSpec, PreprocessSpec
+
+        net = getattr(keras.applications, APPS[model])(input_shape=(224, 224, 3), weights=None, classes=1000)
+        net.save(work / "cloud.keras")
+        manifest = Manifest(
+            name=model, labels=[f"class_{i:04d}" for i in range(1000)],
+            input=InputSpec(height=224, width=224, channels=3, color="RGB"),
+            preprocess=PreprocessSpec(resize="center_crop", scale=1 / 127.5, mean=[1.0], std=[1.0]),
+            models={"cloud": ModelFile(file="cloud.keras", format="keras")},
+        )
+        write_bundle(work / model, manifest, {"cloud.keras": work / "cloud.keras"})
+        return work / model
+    raise SystemExit(f"--model {model!r}: not a bundle directory, 'digits', or one of {sorted(APPS)}")
+
+
+def make_images(bundle: Path, work: Path, n: int = 32) -> tuple[list[Path], str]:
+    """n encoded images to send: digits PNGs for a digits-sized model, else camera-like JPEGs at 1.5x the input."""
+    from edge_sdk.bundle import load_bundle
+    from edge_sdk.preprocess import encode_jpeg
+
+    inp = load_bundle(bundle, verify=False).manifest.input
+    out = work / "images"
+    out.mkdir(exist_ok=True)
+    if inp.height <= 64:
+        from quantize.data import resolve
+
+        files = sorted(resolve("digits").rglob("*.png"))[:: 37][:n]
+        for i, f in enumerate(files):
+            shutil.copyfile(f, out / f"{i:03d}.png")
+        return sorted(out.glob("*.png")), "image/png"
+    rng = np.random.default_rng(0)
+    h, w = int(inp.height * 1.5), int(inp.width * 1.5)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for i in range(n):  # smooth gradients and blobs plus a little noise: JPEG sizes like a photo's
+        img = np.zeros((h, w, 3), np.float32)
+        for c in range(3):
+            a, b, ph = rng.uniform(0.005, 0.05, 3)
+            img[..., c] = 127 + 100 * np.sin(a * xx + b * yy + ph * 50)
+        for _ in range(6):
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(10, h / 4)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+        img += rng.normal(0, 6, img.shape)
+        (out / f"{i:03d}.jpg").write_bytes(encode_jpeg(np.clip(img, 0, 255).astype(np.uint8), 90))
+    return sorted(out.glob("*.jpg")), "image/jpeg"
+
+
+def model_ceiling(bundle: Path, backend: str, max_batch: int, seconds: float = 2.0) -> dict:
+    """The compiled model alone (the service's own CloudModel.predict), best images/s over batch sizes."""
+    from cloud.model import CloudModel, buckets_for
+
+    sizes = buckets_for(max_batch)
+    m = CloudModel.from_path(bundle, max_batch_size=max_batch, backend=backend)
+    m.warmup()
+    x_all = np.random.default_rng(0).random((max_batch,) + m.input_shape, dtype=np.float32)
+    by_batch = {}
+    for b in sizes:
+        x = x_all[:b]
+        m.predict(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or n < 3:
+            m.predict(x)
+            n += 1
+        by_batch[b] = round(n * b / (time.perf_counter() - t0), 1)
+    best = max(by_batch, key=by_batch.get)
+    del m
+    return {"best_batch": best, "images_per_s": by_batch[best], "by_batch": by_batch}
+
+
+# --- load generators ---------------------------------------------------------------------
+
+WRK_LUA = r"""
+local bodies, reqs, idx = {}, {}, 0
+init = function(args)
+  local ctype = args[1]
+  for i = 2, #args do
+    local f = io.open(args[i], "rb"); bodies[#bodies + 1] = f:read("*all"); f:close()
+  end
+  for i, b in ipairs(bodies) do
+    reqs[i] = wrk.format("POST", nil, {["Content-Type"] = ctype}, b)
+  end
+  idx = math.random(#reqs)
+end
+request = function()
+  idx = idx % #reqs + 1
+  return reqs[idx]
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"non2xx":%d,"connect":%d,"read":%d,"write":%d,"timeout":%d,' ..
+    '"p50_us":%d,"p95_us":%d,"p99_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.mean))
+end
+"""
+
+
+def run_wrk(url: str, files: list[Path], ctype: str, conc: int, seconds: float, work: Path) -> dict:
+    script = work / "post.lua"
+    script.write_text(WRK_LUA)
+    threads = max(1, min(conc, os.cpu_count() or 1))
+    cmd = ["wrk", "-t", str(threads), "-c", str(conc), "-d", f"{seconds:g}s", "--timeout", "30s", "-s", str(script),
+           url, "--", ctype, *map(str, files)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    m = re.search(r"WRKJSON (\{.*\})", out.stdout)
+    if not m:
+        raise RuntimeError(f"wrk gave no result: {out.stdout[-500:]} {out.stderr[-500:]}")
+    r = json.loads(m.group(1))
+    dur = r["duration_us"] / 1e6
+    errors = r["non2xx"] + r["connect"] + r["read"] + r["write"] + r["timeout"]
+    return {"rps": round((r["requests"] - r["non2xx"]) / dur, 1), "requests": r["requests"], "errors": errors,
+            "p50_ms": r["p50_us"] / 1000, "p95_ms": r["p95_us"] / 1000, "p99_ms": r["p99_us"] / 1000}
+
+
+def _py_client(args) -> tuple[int, int, list[float]]:
+    url, bodies, ctype, threads, seconds = args
+    import threading
+
+    import requests
+
+    lat: list[float] = []
+    counts = [0, 0]
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def loop(k: int):
+        local, ok, bad = [], 0, 0
+        with requests.Session() as s:
+            i = k
+            while time.perf_counter() < stop:
+                body = bodies[i % len(bodies)]
+                i += 1
+                t0 = time.perf_counter()
+                try:
+                    r = s.post(url, data=body, headers={"Content-Type": ctype}, timeout=30)
+                    good = r.status_code == 200
+                except requests.RequestException:
+                    good = False
+                local.append(time.perf_counter() - t0)
+                ok, bad = ok + good, bad + (not good)
+        with lock:
+            lat.extend(local)
+            counts[0] += ok
+            counts[1] += bad
+
+    ts = [threading.Thread(target=loop, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return counts[0], counts[1], lat
+
+
+def run_python(url: str, files: list[Path], ctype: str, conc: int, seconds: float) -> dict:
+    """Separate processes (so the client's GIL is not the server's), a few threads each, keep-alive sessions."""
+    bodies = [f.read_bytes() for f in files]
+    procs = max(1, min(conc, (os.cpu_count() or 2) * 2))
+    per = [conc // procs + (1 if i < conc % procs else 0) for i in range(procs)]
+    ctx = mp.get_context("spawn")
+    t0 = time.perf_counter()
+    with ctx.Pool(procs) as pool:
+        parts = pool.map(_py_client, [(url, bodies, ctype, n, seconds) for n in per if n])
+    dur = time.perf_counter() - t0
+    ok = sum(p[0] for p in parts)
+    bad = sum(p[1] for p in parts)
+    lat = np.array(sum((p[2] for p in parts), [])) * 1000
+    q = np.percentile(lat, [50, 95, 99]) if len(lat) else [math.nan] * 3
+    # the pool's start-up is not load: rate over the clients' own measuring window
+    return {"rps": round(ok / seconds, 1), "requests": ok + bad, "errors": bad, "wall_s": round(dur, 1),
+            "p50_ms": round(float(q[0]), 2), "p95_ms": round(float(q[1]), 2), "p99_ms": round(float(q[2]), 2)}
+
+
+def load(client: str, url: str, files, ctype, conc, seconds, work) -> dict:
+    if client == "wrk":
+        return run_wrk(url, files, ctype, conc, seconds, work)
+    return run_python(url, files, ctype, conc, seconds)
+
+
+def batch_stats(base: str) -> tuple[float, float]:
+    import requests
+
+    text = requests.get(base + "/metrics", timeout=10).text
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("hv_batch_size_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("hv_batch_size_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def measure_point(client, base, files, ctype, c, seconds, work) -> dict:
+    s0, n0 = batch_stats(base)
+    r = load(client, base + "/v1/classify", files, ctype, c, seconds, work)
+    s1, n1 = batch_stats(base)
+    r["mean_batch"] = round((s1 - s0) / (n1 - n0), 2) if n1 > n0 else None
+    r["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return r
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median throughput (all runs' images/s kept alongside)."""
+    best = sorted(runs, key=lambda r: r["rps"])[(len(runs) - 1) // 2]
+    return {**best, "rps_runs": [r["rps"] for r in runs]}
+
+
+def serve_both(bundle, backend, args, files, ctype, work, concs) -> dict:
+    """Batching on and off served side by side (the idle one costs nothing), measured alternately at each
+    concurrency, so a change in the machine's other load hits both alike."""
+    from contextlib import ExitStack
+
+    from cloud_server import serve_subprocess
+
+    common = ["--backend", backend, "--max-delay-ms", str(args.max_delay_ms), "--bench-endpoints",
+              "--log-level", "warning", "--queue-size", "4096"]
+    if args.decode_threads:
+        common += ["--decode-threads", str(args.decode_threads)]
+    configs = {"on": args.max_batch_size} if args.skip_off else {"on": args.max_batch_size, "off": 1}
+    out: dict = {k: {} for k in configs}
+    with ExitStack() as stack:
+        bases = {k: stack.enter_context(serve_subprocess([bundle], *common, "--max-batch-size", str(mb)))[0]
+                 for k, mb in configs.items()}
+        for k, base in bases.items():  # warm each path end to end
+            load(args.client, base + "/v1/classify", files, ctype, max(concs), args.warmup, work)
+        http = load(args.client, bases["on"] + "/v1/noop", files, ctype, max(concs), args.duration, work)
+        print(f"  HTTP ceiling (c={max(concs)}): {http['rps']} req/s", file=sys.stderr)
+        for c in concs:
+            runs: dict[str, list] = {k: [] for k in configs}
+            for _ in range(args.repeats):
+                for k, base in bases.items():
+                    runs[k].append(measure_point(args.client, base, files, ctype, c, args.duration, work))
+            for k in configs:
+                out[k][c] = median_run(runs[k])
+                r = out[k][c]
+                print(f"  batching {k:3s} c={c:3d}: {r['rps']} img/s (runs {r['rps_runs']}) p50 {r['p50_ms']} ms "
+                      f"p99 {r['p99_ms']} ms, mean batch {r['mean_batch']}, errors {r['errors']}", file=sys.stderr)
+    return {"http_ceiling": {"concurrency": max(concs), **http}, **out}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="digits", help="digits, mobilenetv2, resnet50, or a bundle directory")
+    ap.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"),
+                    choices=["tensorflow", "jax", "torch"])
+    ap.add_argument("--concurrency", default="1,8,32,64")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--max-delay-ms", type=float, default=5.0)
+    ap.add_argument("--decode-threads", type=int, default=0, help="0: the server's default")
+    ap.add_argument("--client", default="auto", choices=["auto", "wrk", "python"])
+    ap.add_argument("--repeats", type=int, default=2, help="alternating runs per point; the median is kept")
+    ap.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
+    args = ap.parse_args(argv)
+    if args.client == "auto":
+        args.client = "wrk" if shutil.which("wrk") else "python"
+    concs = [int(c) for c in args.concurrency.split(",")]
+
+    from cloud.model import select_backend
+
+    backend = select_backend(args.backend)  # before anything imports keras
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hv-cloud-bench-") as td:
+        work = Path(td)
+        bundle = make_bundle(args.model, work)
+        files, ctype = make_images(bundle, work)
+        image_info = {"type": ctype, "count": len(files), "mean_bytes": int(np.mean([f.stat().st_size for f in files]))}
+        print(f"model ceiling for {args.model} on {backend}...", file=sys.stderr)
+        ceiling = model_ceiling(bundle, backend, args.max_batch_size * 2)
+        print(f"  model ceiling: {ceiling['images_per_s']} img/s at batch {ceiling['best_batch']}", file=sys.stderr)
+        import gc
+
+        gc.collect()
+        served = serve_both(bundle, backend, args, files, ctype, work, concs)
+        ceiling_end = model_ceiling(bundle, backend, args.max_batch_size * 2)  # did the machine's load drift?
+        print(f"  model ceiling again: {ceiling_end['images_per_s']} img/s", file=sys.stderr)
+
+    top = max(concs)
+    where = machine(backend)
+    http = served["http_ceiling"]["rps"]
+    model_best = max(ceiling["images_per_s"], ceiling_end["images_per_s"])
+    lower = min(http, model_best)
+    on = served["on"]
+    result = {
+        "benchmark": "cloud_bench", "model": args.model, "conditions": {
+            **where, "client": args.client, "duration_s": args.duration, "repeats": args.repeats, "image": image_info,
+            "max_delay_ms": args.max_delay_ms, "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+            "note": ("client, server and model share the same CPUs; the ceilings are each measured alone, on the "
+                     "whole machine") if "gpu" not in where else "model on the GPU; client and server share the CPUs",
+        },
+        "model_ceiling": {**ceiling, "images_per_s_at_end": ceiling_end["images_per_s"]},
+        "http_ceiling": served["http_ceiling"],
+        "lower_ceiling": {"which": "http" if http < model_best else "model", "images_per_s": lower},
+        "batching_on": {"max_batch_size": args.max_batch_size, "by_concurrency": on},
+        "served_fraction_of_lower_ceiling": {c: round(r["rps"] / lower, 3) for c, r in on.items()},
+        "targets": {f"served_c{top}_ge_80pct_of_lower_ceiling": on[top]["rps"] >= 0.8 * lower},
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    if "off" in served:
+        off = served["off"]
+        result["batching_off"] = {"max_batch_size": 1, "by_concurrency": off}
+        gain = {c: round(on[c]["rps"] / off[c]["rps"], 2) if off[c]["rps"] else None for c in concs}
+        result["batching_gain"] = gain
+        result["targets"]["batching_on_never_slower"] = all(g is not None and g >= 1.0 for g in gain.values())
+        result["targets"]["batching_on_never_slower_beyond_5pct_noise"] = all(
+            g is not None and g >= 0.95 for g in gain.values())
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The OpenAPI description of the endpoints ``cloud.hotpath`` serves outside FastAPI's router.
+
+The functions below are never mounted or called: they exist so FastAPI can
+describe these endpoints (parameters, bodies, responses) in ``/openapi.json``
+exactly as it describes the routes it serves itself.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI, Query
+from fastapi.openapi.utils import get_openapi
+
+from edge_sdk.protocol import ClassifyResponse, ErrorBody, InferRequest, InferResponse
+
+ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 413, 415, 422, 429, 503)}
+IMAGE_BODY = {"requestBody": {"required": True, "content": {
+    t: {"schema": {"type": "string", "format": "binary"}}
+    for t in ("image/png", "image/jpeg", "image/bmp", "image/webp", "application/octet-stream")}}}
+INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}}
+
+
+def hot_routes(bench: bool) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/classify", tags=["classify"], response_model=ClassifyResponse, responses=ERRORS,
+                 openapi_extra=IMAGE_BODY)
+    async def classify(model: str | None = Query(None, description="model name; needed when several are served"),
+                       top_k: int = Query(5, ge=1, le=1000, description="how many labels to list")):
+        """Classify one image sent as the raw body: `curl --data-binary @img.png -H 'Content-Type: image/png'`."""
+
+    @router.post("/v2/models/{name}/infer", tags=["models"], response_model=InferResponse, responses=ERRORS,
+                 openapi_extra=INFER_BODY)
+    async def infer(name: str):
+        """KServe v2 inference: encoded images (BYTES, base64) or a UINT8/FP32 NHWC tensor named `image`;
+        outputs `probabilities` FP32 [N, C] and `label` BYTES [N]."""
+
+    if bench:
+        @router.post("/v1/noop", tags=["benchmark"], responses=ERRORS, openapi_extra=IMAGE_BODY)
+        async def noop(model: str | None = Query(None), top_k: int = Query(5, ge=1, le=1000)):
+            """The HTTP ceiling: /v1/classify's checks and body read, without decoding or the model."""
+
+    return router
+
+
+def install(app: FastAPI, bench: bool) -> None:
+    """Make ``app.openapi()`` describe the hot endpoints too."""
+    extra = hot_routes(bench).routes
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=[*app.routes, *extra])
+        defs = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(defs.pop("$defs", {}))
+        components["InferRequest"] = defs
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

@@ -1,0 +1,216 @@
+"""The POST endpoints that carry images, served as plain ASGI ahead of FastAPI's router.
+
+Measured on 2 cores, FastAPI's routing, dependency solving and Request object
+cost about as much event-loop time per request as everything else the service
+does for a small image; here the three hot endpoints parse their own path,
+query and body (still behind the key, rate, size and metrics middlewares) and
+everything else goes on to FastAPI. Their OpenAPI description lives in
+``cloud.docs``.
+
+Decoding normally runs in the decode thread pool. An image whose header says
+it is tiny (``inline_decode_max_pixels``, 64x64 by default) is decoded on the
+event loop instead: that takes ~40 us, less than the hand-off to a thread and back.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Awaitable, Callable
+from urllib.parse import parse_qsl
+
+import numpy as np
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from edge_sdk.imageinfo import read_info
+from edge_sdk.protocol import LABEL_OUTPUT, PROBS_OUTPUT
+
+from .errors import ApiError, describe
+from .inputs import image_tensor, parse_infer
+from .state import ServedModel, ServiceState
+
+IMAGE_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "image/bmp", "image/x-ms-bmp", "image/webp",
+                         "application/octet-stream"})
+JSON_TYPES = frozenset({"application/json"})
+TEMPLATES = {"classify": "/v1/classify", "infer": "/v2/models/{name}/infer", "noop": "/v1/noop"}
+LARGE_JSON_VALUES = 20_000  # infer responses bigger than this are serialized in the pool
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body arrived; there is no one to answer."""
+
+
+def match(path: str, bench: bool) -> tuple[str, str | None] | None:
+    """("classify" | "infer" | "noop", model name in the path) for a hot endpoint, else None."""
+    if path == "/v1/classify":
+        return "classify", None
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        name = path[len("/v2/models/"):-len("/infer")]
+        if name and "/" not in name:
+            return "infer", name
+    if bench and path == "/v1/noop":
+        return "noop", None
+    return None
+
+
+def label(scope: Scope, bench: bool) -> str | None:
+    hit = match(scope["path"], bench)
+    return TEMPLATES[hit[0]] if hit else None
+
+
+class HotPath:
+    def __init__(self, app: ASGIApp, state: ServiceState):
+        self.app, self.state = app, state
+        self.bench = state.settings.bench_endpoints
+        self.limit = state.settings.max_body_bytes
+        self.inline_pixels = state.settings.inline_decode_max_pixels
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hit = match(scope["path"], self.bench) if scope["type"] == "http" else None
+        if hit is None:
+            await self.app(scope, receive, send)
+            return
+        kind, name = hit
+        if scope["method"] != "POST":
+            await _send(send, 405, _error(f"method {scope['method']} is not allowed on {scope['path']}"),
+                        {"Allow": "POST"})
+            return
+        try:
+            if kind == "infer":
+                body = await self.infer(scope, receive, name)
+            elif kind == "classify":
+                body = await self.classify(scope, receive)
+            else:
+                body = await self.noop(scope, receive)
+        except ClientGone:
+            return
+        except Exception as e:  # noqa: BLE001 - typed errors become their status; anything else is a bug
+            known = describe(e)
+            if known is None:
+                raise  # FastAPI's last-resort handler logs it and answers 500
+            status, message, headers = known
+            await _send(send, status, _error(message), headers)
+            return
+        await _send(send, 200, body)
+
+    # --- endpoints -------------------------------------------------------
+
+    async def classify(self, scope: Scope, receive: Receive) -> bytes:
+        q = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        sm = self.state.resolve(q.get("model"))
+        top_k = _int_param(q, "top_k", 5, 1, 1000)
+        _check_content_type(scope, IMAGE_TYPES)
+        data = await read_body(receive, self.limit)
+        probs = await sm.batcher.infer(self._prepare_image(sm, data))
+        p = probs[0]
+        order = np.argsort(-p)[: min(top_k, len(p))]
+        labels = sm.model.labels
+        top = [{"label": labels[i], "confidence": float(p[i])} for i in order]
+        return _dumps({"model_name": sm.name, "label": top[0]["label"], "confidence": top[0]["confidence"],
+                       "top_k": top})
+
+    async def infer(self, scope: Scope, receive: Receive, name: str) -> bytes:
+        sm = self.state.resolve(name)
+        _check_content_type(scope, JSON_TYPES, allow_missing=True)
+        data = await read_body(receive, self.limit)
+        parsed = None
+
+        async def prepare() -> np.ndarray:
+            nonlocal parsed
+            parsed = await self.state.in_pool(parse_infer, data, sm.spec)
+            return parsed.x
+
+        probs = await sm.batcher.infer(prepare)
+        outputs = []
+        if PROBS_OUTPUT in parsed.outputs:
+            outputs.append({"name": PROBS_OUTPUT, "datatype": "FP32", "shape": list(probs.shape),
+                            "data": probs.ravel().tolist()})
+        if LABEL_OUTPUT in parsed.outputs:
+            labels = sm.model.labels
+            outputs.append({"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [len(probs)],
+                            "data": [labels[i] for i in probs.argmax(1)]})
+        doc = {"model_name": sm.name, "model_version": sm.model.manifest.version, "id": parsed.id, "outputs": outputs}
+        if probs.size > LARGE_JSON_VALUES:
+            return await self.state.in_pool(_dumps, doc)
+        return _dumps(doc)
+
+    async def noop(self, scope: Scope, receive: Receive) -> bytes:
+        """The HTTP ceiling: what /v1/classify does before and after decoding and the model."""
+        q = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        sm = self.state.resolve(q.get("model"))
+        _int_param(q, "top_k", 5, 1, 1000)
+        _check_content_type(scope, IMAGE_TYPES)
+        data = await read_body(receive, self.limit)
+        return _dumps({"model_name": sm.name, "label": sm.model.labels[0], "confidence": 1.0,
+                       "top_k": [{"label": sm.model.labels[0], "confidence": 1.0}], "bytes": len(data)})
+
+    def _prepare_image(self, sm: ServedModel, data: bytes) -> Callable[[], Awaitable[np.ndarray]]:
+        info = read_info(data)
+        if info.width is not None and info.height is not None and info.width * info.height <= self.inline_pixels:
+            async def inline() -> np.ndarray:
+                return image_tensor(data, sm.spec)
+
+            return inline
+        return lambda: self.state.in_pool(image_tensor, data, sm.spec)
+
+
+# --- ASGI plumbing ---------------------------------------------------------------
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole body, refused (413) as soon as it grows past ``limit``, Content-Length or not."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+def _check_content_type(scope: Scope, allowed: frozenset, allow_missing: bool = False) -> None:
+    raw = _header(scope, b"content-type")
+    if raw is None and allow_missing:
+        return
+    ctype = (raw or "").split(";")[0].strip().lower()
+    if ctype not in allowed:
+        raise ApiError(415, f"Content-Type {raw or '(none)'!r} is not accepted here; send one of {sorted(allowed)}")
+
+
+def _int_param(q: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = q.get(name)
+    if raw is None:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ApiError(400, f"invalid query.{name}: {raw!r} is not an integer") from None
+    if not lo <= v <= hi:
+        raise ApiError(400, f"invalid query.{name}: must be between {lo} and {hi}")
+    return v
+
+
+def _dumps(doc) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _error(message: str) -> bytes:
+    return json.dumps({"error": message}, ensure_ascii=False).encode("utf-8")
+
+
+async def _send(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,114 @@
+"""What the service holds while it runs: the served models, their batchers, the decode pool, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from edge_sdk.bundle import Bundle
+from edge_sdk.errors import BundleError
+from edge_sdk.protocol import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT
+
+from .batching import Batcher
+from .errors import ApiError
+from .inputs import ModelInput
+from .metrics import Metrics
+from .model import CloudModel
+from .settings import Settings
+
+
+@dataclass
+class EdgeArtifact:
+    """The edge model and manifest, held in memory so a bundle swapped on disk cannot mismatch its ETag."""
+
+    file: str
+    data: bytes
+    sha256: str
+    manifest_json: bytes
+    manifest_etag: str
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> "EdgeArtifact | None":
+        if not bundle.has("edge"):
+            return None
+        path = bundle.model_path("edge")
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        if sha != bundle.manifest.models["edge"].sha256:
+            raise BundleError(f"{path}: sha256 changed since the bundle was verified")
+        manifest = {
+            "name": bundle.manifest.name, "version": bundle.manifest.version,
+            "manifest": bundle.manifest.model_dump(mode="json"),
+            "edge": {"file": path.name, "sha256": sha, "size": len(data)},
+        }
+        body = json.dumps(manifest, sort_keys=True).encode()
+        return cls(path.name, data, sha, body, hashlib.sha256(body).hexdigest())
+
+
+@dataclass
+class ServedModel:
+    name: str
+    model: CloudModel
+    batcher: Batcher
+    spec: ModelInput
+    edge: EdgeArtifact | None
+
+    def metadata(self) -> dict:
+        m, (h, w, c) = self.model.manifest, self.spec.shape
+        return {
+            "name": self.name, "versions": [m.version], "platform": f"keras_{self.model.backend}",
+            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, h, w, c]}],
+            "outputs": [{"name": PROBS_OUTPUT, "datatype": "FP32", "shape": [-1, len(m.labels)]},
+                        {"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [-1]}],
+            "parameters": {
+                "accepts": ["BYTES [-1]: base64 encoded PNG/JPEG/BMP/WebP images",
+                            "UINT8 [-1, H, W, 1|3|4]: RGB pixels, any size",
+                            f"FP32 [-1, {h}, {w}, {c}]: preprocessed as the manifest says"],
+                "labels": m.labels, "input": m.input.model_dump(), "preprocess": m.preprocess.model_dump(),
+                "max_batch_size": self.batcher.max_batch_size, "max_request_images": self.spec.max_images,
+                "edge_model": self.edge.sha256 if self.edge else None,
+            },
+        }
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    models: dict[str, ServedModel]
+    metrics: Metrics
+    decode_pool: ThreadPoolExecutor | None = None
+    draining: bool = False
+    warmup_error: str | None = None
+    warm_task: asyncio.Task | None = field(default=None, repr=False)
+
+    @property
+    def ready(self) -> bool:
+        return (not self.draining and self.warmup_error is None and self.decode_pool is not None
+                and all(sm.model.ready.is_set() and sm.batcher.running for sm in self.models.values()))
+
+    def not_ready_reason(self) -> str:
+        if self.draining:
+            return "draining: the server is shutting down"
+        if self.warmup_error:
+            return f"warm-up failed: {self.warmup_error}"
+        return "warming up"
+
+    def resolve(self, name: str | None) -> ServedModel:
+        if name is None:
+            if len(self.models) == 1:
+                return next(iter(self.models.values()))
+            raise ApiError(400, f"several models are served; pass ?model= (one of {sorted(self.models)})")
+        sm = self.models.get(name)
+        if sm is None:
+            raise ApiError(404, f"unknown model {name!r}; served: {sorted(self.models)}")
+        return sm
+
+    async def in_pool(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
+
+    def begin_drain(self) -> None:
+        self.draining = True
+        self.metrics.ready.set(0)
