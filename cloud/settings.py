@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = False
     drain_timeout_s: float = Field(30.0, gt=0)
+    opentelemetry: bool = False  # FastAPI's native OpenTelemetry spans/metrics (needs a configured provider)
     bench_endpoints: bool = False  # adds POST /v1/noop: same HTTP path, no decode or model work
 
     @field_validator("api_keys", mode="before")
