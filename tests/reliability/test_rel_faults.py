@@ -29,17 +29,19 @@ SLACK_MS = 50.0
 COOLDOWN_S = 0.4
 FAILURES_TO_OPEN = 3
 
-# name -> (how to break the proxy, the reason answers carry until the breaker opens)
+# name -> (how to break the proxy, the reasons answers may carry until the breaker opens)
+CONN, DEADLINE = {"cloud_error:connection"}, {"deadline"}
 FAULTS = {
-    "latency_past_deadline": (lambda p: p.set("latency", latency_s=1.5), "deadline"),
-    "drop": (lambda p: p.set("drop"), "cloud_error:connection"),
-    "reset_in_headers": (lambda p: p.set("reset", reset_after=60), "cloud_error:connection"),
-    "reset_in_body": (lambda p: p.set("reset", reset_after=200), "cloud_error:connection"),
-    "stall_after_headers": (lambda p: p.set("stall"), "deadline"),
-    "drip_one_byte_at_a_time": (lambda p: p.set("drip", drip_s=0.05), "deadline"),
-    "garbage": (lambda p: p.set("garbage"), "cloud_error:connection"),
-    "garbage_http_200": (lambda p: p.set("garbage_http"), "cloud_error:bad_response"),
-    "down": (lambda p: p.go_down(), "cloud_error:connection"),
+    "latency_past_deadline": (lambda p: p.set("latency", latency_s=1.5), DEADLINE),
+    "drop": (lambda p: p.set("drop"), CONN),
+    # a reset comes after the server has done its work, so on a busy machine a retry may run out of time
+    "reset_in_headers": (lambda p: p.set("reset", reset_after=60), CONN | DEADLINE),
+    "reset_in_body": (lambda p: p.set("reset", reset_after=200), CONN | DEADLINE),
+    "stall_after_headers": (lambda p: p.set("stall"), DEADLINE),
+    "drip_one_byte_at_a_time": (lambda p: p.set("drip", drip_s=0.05), DEADLINE),
+    "garbage": (lambda p: p.set("garbage"), CONN),
+    "garbage_http_200": (lambda p: p.set("garbage_http"), {"cloud_error:bad_response"}),
+    "down": (lambda p: p.go_down(), CONN),
 }
 
 
@@ -80,7 +82,7 @@ def check_fallback(p, ms, edge, allowed):
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_fault_answers_in_time_trips_the_breaker_and_recovers(fault, server, quantized_bundle_session, images):
-    breaks, reason = FAULTS[fault]
+    breaks, reasons = FAULTS[fault]
     upstream = ("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
     before = snapshot((upstream[1],))
     with FaultProxy(upstream) as proxy:
@@ -92,7 +94,7 @@ def test_fault_answers_in_time_trips_the_breaker_and_recovers(fault, server, qua
             seen = []
             for img, edge in images:  # one thread: the breaker's sequence is exact
                 p, ms = timed(clf, img)
-                check_fallback(p, ms, edge, {reason} if len(seen) < FAILURES_TO_OPEN else {"circuit_open"})
+                check_fallback(p, ms, edge, reasons if len(seen) < FAILURES_TO_OPEN else {"circuit_open"})
                 seen.append(p.reason)
             assert clf.cloud.breaker.times_opened == 1 and clf.cloud.breaker.state in ("open", "half_open")
             # the attempts the callers gave up on end too: no worker is left holding a socket
@@ -104,7 +106,7 @@ def test_fault_answers_in_time_trips_the_breaker_and_recovers(fault, server, qua
                 for img, edge in images[:3]:
                     try:
                         p, ms = timed(clf, img)
-                        check_fallback(p, ms, edge, {reason, "circuit_open"})
+                        check_fallback(p, ms, edge, reasons | {"circuit_open"})
                         results.append(p.reason)
                     except BaseException as e:  # noqa: BLE001 - reported below
                         errors.append(repr(e))
@@ -126,7 +128,7 @@ def test_fault_answers_in_time_trips_the_breaker_and_recovers(fault, server, qua
             for img, _ in images[2:4]:
                 check_cloud(*timed(clf, img))
             st = clf.stats()
-            assert st["by_reason"]["circuit_open"] >= 3 and st["by_reason"][reason] >= FAILURES_TO_OPEN
+            assert st["by_reason"]["circuit_open"] >= 3 and sum(st["by_reason"].get(r, 0) for r in reasons) >= FAILURES_TO_OPEN
         finally:
             clf.close()
     assert leaks(before, ports) == {}

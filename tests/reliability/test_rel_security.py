@@ -1,7 +1,8 @@
 """Security: keys on every route, keys kept out of logs and bodies, TLS verified, tampered models refused.
 
-* Every route the app has (enumerated from ``app.routes``, not a hand list)
-  refuses a missing or wrong key with 401, except the two health probes.
+* Every route the app has (enumerated from ``app.routes`` and its OpenAPI
+  document, not a hand list) refuses a missing or wrong key with 401, except
+  the two health probes.
 * `hybrid-vision serve` with keys, TLS, debug logging and an access log: the
   SDK connects with the test CA and is refused (a TLS reason) without it; the
   server's whole log and the SDK's log hold no key, right or wrong; and it
@@ -54,12 +55,11 @@ def presentations() -> dict[str, dict]:
 
 
 def routes(app, model: str) -> list[tuple[str, str]]:
-    out = []
-    for r in app.routes:
-        if isinstance(r, Route):
-            for m in sorted(r.methods or ()):
-                out.append((m, r.path.replace("{name}", model)))
-    return out
+    """(method, path) of everything the app serves: its router's routes, and every operation its OpenAPI
+    document describes (which includes the endpoints served ahead of the router, see cloud.hotpath)."""
+    found = {(m, r.path) for r in app.routes if isinstance(r, Route) for m in (r.methods or ())}
+    found |= {(m.upper(), path) for path, ops in app.openapi()["paths"].items() for m in ops}
+    return sorted((m, p.replace("{name}", model)) for m, p in found)
 
 
 def test_every_route_refuses_a_missing_or_wrong_key(server, digit_pngs):
