@@ -15,29 +15,15 @@ from typing import Any
 
 import numpy as np
 
-METRICS = ("max_prob", "margin", "entropy")
-HIGHER_IS_CONFIDENT = {"max_prob": True, "margin": True, "entropy": False}
+from edge_sdk.policy import METRICS, confidence, is_confident  # noqa: F401  (re-exported for callers)
 
 
 def confidence_scores(probs: np.ndarray, metric: str) -> np.ndarray:
-    """max_prob = p1; margin = p1 - p2; entropy = -sum p ln p (p clipped at 1e-12). Float64."""
+    """Scores of a batch [N, C], by the one definition the device uses (edge_sdk.policy)."""
     p = np.asarray(probs, np.float64)
-    if p.ndim != 2 or p.shape[1] < 2:
+    if p.ndim != 2:
         raise ValueError(f"probabilities must be (N, classes>=2), got shape {p.shape}")
-    if metric == "max_prob":
-        return p.max(axis=1)
-    if metric == "margin":
-        top2 = np.sort(p, axis=1)[:, -2:]
-        return top2[:, 1] - top2[:, 0]
-    if metric == "entropy":
-        q = np.clip(p, 1e-12, None)
-        return -(p * np.log(q)).sum(axis=1)
-    raise ValueError(f"unknown routing metric {metric!r}; choose from {', '.join(METRICS)}")
-
-
-def is_confident(scores: np.ndarray, threshold: float, metric: str) -> np.ndarray:
-    """The edge answer stands: score >= t (max_prob, margin) or entropy <= t."""
-    return scores >= threshold if HIGHER_IS_CONFIDENT[metric] else scores <= threshold
+    return np.asarray(confidence(p, metric), np.float64)
 
 
 def candidate_thresholds(scores: np.ndarray, max_points: int = 256) -> np.ndarray:
