@@ -3,12 +3,15 @@
     python benchmarks/cloud_bench.py [--model digits|mobilenetv2|resnet50|BUNDLE] [--backend tensorflow|jax|torch]
                                      [--concurrency 1,8,32,64] [--duration 8] [--client auto|wrk|python]
 
-* model ceiling: the service's own compiled model (cloud.model.CloudModel), in this process, with the
-  server stopped, at every batch size up to --max-batch-size x 2; the best images/s.
+* model ceiling: the service's own compiled model (cloud.model.CloudModel), in this process, before the
+  servers start, at every batch size up to --scan-max-batch; the best images/s.
 * HTTP ceiling: the same server (started with --bench-endpoints) and the same client and image bodies
   at the top concurrency, on POST /v1/noop: auth, limits, routing and the body read, no decode, no model.
 * served: POST /v1/classify with encoded images (PNG for digits, JPEG otherwise) at each concurrency,
-  with batching on (--max-batch-size) and off (max_batch_size=1), each on a fresh `hybrid-vision serve`.
+  with batching on (--max-batch-size; by default the model's sweet spot from the scan) and off
+  (max_batch_size=1), two `hybrid-vision serve` processes measured alternately. At the top concurrency
+  each round re-measures the model ceiling first, so "served_fraction_same_load" compares like with like
+  on a machine whose other load changes.
 
 Targets (issue 7), at the top concurrency: served with batching on >= 80% of the lower ceiling; batching
 on never slower than off. The load generator is `wrk` (C, epoll) when installed, else separate Python
@@ -153,10 +156,16 @@ class ModelCeiling:
         return round(n * batch / (time.perf_counter() - t0), 1)
 
     def scan(self, seconds: float = 2.0) -> dict:
-        """Images/s at every bucket size; remembers the best batch for :meth:`rate` checks later."""
+        """Images/s at every bucket size; remembers the best batch for :meth:`rate` checks later.
+
+        ``sweet_spot`` is the smallest batch within 5% of the best: what max_batch_size should be
+        (bigger batches only add latency there).
+        """
         by_batch = {b: self.rate(b, seconds) for b in self.m.buckets}
         self.best_batch = max(by_batch, key=by_batch.get)
-        return {"best_batch": self.best_batch, "images_per_s": by_batch[self.best_batch], "by_batch": by_batch}
+        top = by_batch[self.best_batch]
+        sweet = min(b for b, r in by_batch.items() if r >= 0.95 * top)
+        return {"best_batch": self.best_batch, "images_per_s": top, "sweet_spot": sweet, "by_batch": by_batch}
 
 
 # --- load generators ---------------------------------------------------------------------
@@ -351,7 +360,9 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", default="1,8,32,64")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     ap.add_argument("--warmup", type=float, default=2.0)
-    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--max-batch-size", default="auto",
+                    help="the server's max_batch_size with batching on; auto: the model's sweet spot from the scan")
+    ap.add_argument("--scan-max-batch", type=int, default=0, help="largest batch the model scan tries [128; 256 on a GPU]")
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
     ap.add_argument("--decode-threads", type=int, default=0, help="0: the server's default")
     ap.add_argument("--client", default="auto", choices=["auto", "wrk", "python"])
@@ -372,9 +383,12 @@ def main(argv=None) -> int:
         files, ctype = make_images(bundle, work)
         image_info = {"type": ctype, "count": len(files), "mean_bytes": int(np.mean([f.stat().st_size for f in files]))}
         print(f"model ceiling for {args.model} on {backend}...", file=sys.stderr)
-        ceiling = ModelCeiling(bundle, backend, args.max_batch_size * 2)
+        scan_max = args.scan_max_batch or (256 if "gpu" in machine(backend) else 128)
+        ceiling = ModelCeiling(bundle, backend, scan_max)
         scan = ceiling.scan()
-        print(f"  model ceiling: {scan['images_per_s']} img/s at batch {scan['best_batch']}", file=sys.stderr)
+        args.max_batch_size = scan["sweet_spot"] if args.max_batch_size == "auto" else int(args.max_batch_size)
+        print(f"  model ceiling: {scan['images_per_s']} img/s at batch {scan['best_batch']}; serving with "
+              f"max_batch_size={args.max_batch_size}", file=sys.stderr)
         served = serve_both(bundle, backend, args, files, ctype, work, concs, ceiling)
 
     top = max(concs)
