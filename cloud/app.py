@@ -115,7 +115,7 @@ def create_app(bundles: BundlesArg, settings: Settings | None = None) -> FastAPI
                        max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes,
                        hot_label=lambda scope: hotpath.label(scope, settings.bench_endpoints))
-    docs.install(app, settings.bench_endpoints)
+    docs.install(app, settings.bench_endpoints, sorted(served))
     return app
 
 

@@ -43,8 +43,8 @@ def hot_routes(bench: bool) -> APIRouter:
     return router
 
 
-def install(app: FastAPI, bench: bool) -> None:
-    """Make ``app.openapi()`` describe the hot endpoints too."""
+def install(app: FastAPI, bench: bool, model_names: list[str]) -> None:
+    """Make ``app.openapi()`` describe the hot endpoints too, and list the served model names."""
     extra = hot_routes(bench).routes
 
     def openapi():
@@ -56,6 +56,11 @@ def install(app: FastAPI, bench: bool) -> None:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(defs.pop("$defs", {}))
         components["InferRequest"] = defs
+        for item in schema.get("paths", {}).values():  # {name} can only be a served model
+            for op in item.values():
+                for param in op.get("parameters", []):
+                    if param.get("in") == "path" and param.get("name") == "name":
+                        param["schema"] = {**param.get("schema", {}), "enum": model_names}
         app.openapi_schema = schema
         return schema
 
