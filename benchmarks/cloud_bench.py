@@ -8,7 +8,7 @@
 * HTTP ceiling: the same server (started with --bench-endpoints) and the same client and image bodies
   at the top concurrency, on POST /v1/noop: auth, limits, routing and the body read, no decode, no model.
 * served: POST /v1/classify with encoded images (PNG for digits, JPEG otherwise) at each concurrency,
-  with batching on (--max-batch-size; by default the model's sweet spot from the scan) and off
+  with batching on (--max-batch-size: 32, or auto = the model's sweet spot from the scan) and off
   (max_batch_size=1), two `hybrid-vision serve` processes measured alternately. At the top concurrency
   each round re-measures the model ceiling first, so "served_fraction_same_load" compares like with like
   on a machine whose other load changes.
@@ -360,8 +360,9 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", default="1,8,32,64")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     ap.add_argument("--warmup", type=float, default=2.0)
-    ap.add_argument("--max-batch-size", default="auto",
-                    help="the server's max_batch_size with batching on; auto: the model's sweet spot from the scan")
+    ap.add_argument("--max-batch-size", default="32",
+                    help="the server's max_batch_size with batching on [32, the server's default]; "
+                         "auto: the model's sweet spot from the scan (e.g. on a GPU)")
     ap.add_argument("--scan-max-batch", type=int, default=0, help="largest batch the model scan tries [128; 256 on a GPU]")
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
     ap.add_argument("--decode-threads", type=int, default=0, help="0: the server's default")

@@ -211,11 +211,15 @@ def test_buckets():
     from cloud.model import buckets_for
 
     assert buckets_for(1) == [1]
-    assert buckets_for(32) == [1, 2, 4, 8, 16, 32]
-    assert buckets_for(24) == [1, 2, 4, 8, 16, 24]
+    assert buckets_for(32) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
+    assert buckets_for(20) == [1, 2, 3, 4, 6, 8, 12, 16, 20]
+    for m in (5, 33, 100, 256):  # padding a batch up to its bucket adds at most half of it
+        b = buckets_for(m)
+        assert b[-1] == m
+        assert all(min(x for x in b if x >= n) <= 1.5 * n for n in range(1, m + 1))
 
 
-def test_compiled_model_pads_and_chunks_to_buckets_and_matches_keras(tmp_path_factory):
+def test_compiled_model_chunks_any_batch_size_and_matches_keras(tmp_path_factory):
     import keras
 
     from cloud.model import CloudModel
@@ -227,7 +231,7 @@ def test_compiled_model_pads_and_chunks_to_buckets_and_matches_keras(tmp_path_fa
     ref = keras.saving.load_model(path / "cloud.keras")
     x = np.random.default_rng(0).random((11, *m.input_shape), dtype=np.float32)
     want = np.asarray(ref(x, training=False))
-    for n in (1, 3, 4, 11):  # padded to 1/4/4, and 11 = 4 + 4 + 3 chunks
+    for n in (1, 3, 4, 11):  # 11 = chunks of 4 + 4 + 3
         np.testing.assert_allclose(m.predict(x[:n]), want[:n], atol=1e-5)
 
 
