@@ -5,6 +5,8 @@ per request): a refused request never reaches a handler, a JSON parser or the
 model. Keys are compared with ``hmac.compare_digest`` against every configured
 key, so timing reveals neither which key nor how much of one matched. Keys are
 never logged; a client is named by the key's index ("key0") in logs and limits.
+A declared Content-Length over the limit is refused here; a body without one
+is cut off while it is read (``cloud.hotpath.read_body``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
 
-from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import ApiError, error_response
+from .errors import error_response
 
 PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 
@@ -131,14 +132,3 @@ class SecurityMiddleware:
                     return
                 break
         await self.app(scope, receive, send)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it grows past ``limit`` even without a Content-Length."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
