@@ -378,13 +378,14 @@ def main(argv=None) -> int:
 
     backend = select_backend(args.backend)  # before anything imports keras
     t_start = time.perf_counter()
+    where = machine(backend)
     with tempfile.TemporaryDirectory(prefix="hv-cloud-bench-") as td:
         work = Path(td)
         bundle = make_bundle(args.model, work)
         files, ctype = make_images(bundle, work)
         image_info = {"type": ctype, "count": len(files), "mean_bytes": int(np.mean([f.stat().st_size for f in files]))}
         print(f"model ceiling for {args.model} on {backend}...", file=sys.stderr)
-        scan_max = args.scan_max_batch or (256 if "gpu" in machine(backend) else 128)
+        scan_max = args.scan_max_batch or (256 if "gpu" in where else 128)
         ceiling = ModelCeiling(bundle, backend, scan_max)
         scan = ceiling.scan()
         args.max_batch_size = scan["sweet_spot"] if args.max_batch_size == "auto" else int(args.max_batch_size)
@@ -393,7 +394,6 @@ def main(argv=None) -> int:
         served = serve_both(bundle, backend, args, files, ctype, work, concs, ceiling)
 
     top = max(concs)
-    where = machine(backend)
     http = served["http_ceiling"]["rps"]
     rounds = served["rounds"]
     model_rates = [scan["images_per_s"]] + [r["model_ceiling"] for r in rounds]
