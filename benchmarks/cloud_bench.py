@@ -28,7 +28,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -44,6 +43,8 @@ sys.path.insert(0, str(REPO / "tests"))  # cloud_server.serve_subprocess
 
 import numpy as np  # noqa: E402
 
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+
 APPS = {"mobilenetv2": "MobileNetV2", "resnet50": "ResNet50"}
 
 
@@ -51,22 +52,7 @@ APPS = {"mobilenetv2": "MobileNetV2", "resnet50": "ResNet50"}
 
 
 def machine(backend: str) -> dict:
-    cpu = platform.processor() or ""
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "backend": backend,
-            "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            info["gpu"] = out.stdout.strip().splitlines()[0]
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return info
+    return machine_info(backend=backend)
 
 
 # --- the model and the images ---------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -31,16 +30,11 @@ sys.path.insert(0, str(REPO / "tests"))  # cloud_server.serve_subprocess
 
 import numpy as np  # noqa: E402
 
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "load_avg_1m": round(os.getloadavg()[0], 2)}
+    return machine_info()
 
 
 def make_bundle(work: Path) -> Path:

@@ -14,7 +14,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -26,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+
 
 def quantizers() -> list[str]:
     out = ["tflite-converter"]
@@ -35,18 +36,7 @@ def quantizers() -> list[str]:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
-        simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma") if f" {f}" in flags]
-    except OSError:
-        simd = []
-    return {"cpu": cpu, "simd": simd, "cores": os.cpu_count(), "python": platform.python_version(),
-            "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    return machine_info()
 
 
 def bench_digits(bundle: str | None, work: Path, runs: int) -> dict:
