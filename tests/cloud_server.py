@@ -12,7 +12,9 @@ gracefully on exit.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +70,7 @@ def serve_subprocess(bundles: BundlesArg, *args: str, env: Mapping[str, str] | N
     """
     items = [f"{k}={v}" for k, v in bundles.items()] if isinstance(bundles, Mapping) else [str(b) for b in bundles]
     tmp = Path(tempfile.mkdtemp(prefix="hv-serve-"))
+    atexit.register(shutil.rmtree, tmp, True)  # callers may read the log after the block; clean up at exit
     port_file, log_path = tmp / "port", tmp / "serve.log"
     cmd = [sys.executable, "-m", "edge_sdk.cli", "serve", *items, "--host", "127.0.0.1", "--port", "0",
            "--port-file", str(port_file), *args]
