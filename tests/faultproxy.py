@@ -297,34 +297,31 @@ class _Tamper:
         return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
 
 
-def _read_request(s: socket.socket, closed: threading.Event) -> bool:
-    """Read one request's headers and (Content-Length) body; False if the client went away first."""
-    s.settimeout(0.05)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
+def _recv_until(s: socket.socket, closed: threading.Event, buf: bytes, done) -> bytes | None:
+    """Receive into ``buf`` until ``done(buf)``; None if the client went away or the proxy closed first."""
+    while not done(buf):
         if closed.is_set():
-            return False
+            return None
         try:
             chunk = s.recv(65536)
         except socket.timeout:
             continue
         if not chunk:
-            return False
+            return None
         buf += chunk
+    return buf
+
+
+def _read_request(s: socket.socket, closed: threading.Event) -> bool:
+    """Read one request's headers and (Content-Length) body; False if the client went away first."""
+    s.settimeout(0.05)
+    buf = _recv_until(s, closed, b"", lambda b: b"\r\n\r\n" in b)
+    if buf is None:
+        return False
     head, _, body = buf.partition(b"\r\n\r\n")
     length = 0
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value.strip() or 0)
-    while len(body) < length:
-        if closed.is_set():
-            return False
-        try:
-            chunk = s.recv(65536)
-        except socket.timeout:
-            continue
-        if not chunk:
-            return False
-        body += chunk
-    return True
+    return _recv_until(s, closed, body, lambda b: len(b) >= length) is not None
