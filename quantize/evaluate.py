@@ -204,10 +204,9 @@ def compiled_keras(path: Path, shape: tuple[int, int, int]):
     """Load a .keras file with safe_mode and return ``f(batch) -> probs``, compiled once for any batch size."""
     import keras
 
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:  # Keras raises ValueError/TypeError/OSError for bad or unsafe files
-        raise EvaluateError(f"{path}: cannot load the cloud model ({type(e).__name__}: {str(e)[:300]})") from e
+    from .models import load_safe
+
+    model = load_safe(path, EvaluateError, "the cloud model")
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 

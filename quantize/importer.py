@@ -65,14 +65,12 @@ def with_softmax(model):
 
 
 def import_model(cfg: ImportConfig) -> tuple[Bundle, dict]:
-    import keras
 
     if cfg.preprocess not in PRESETS:
         raise ModelImportError(f"unknown preprocess preset {cfg.preprocess!r}; choose from {', '.join(PRESETS)}")
-    try:
-        model = keras.saving.load_model(cfg.model, safe_mode=True, compile=False)
-    except Exception as e:  # keras raises many types for a bad file
-        raise ModelImportError(f"{cfg.model}: cannot load as a Keras model ({type(e).__name__}: {e})") from None
+    from .models import load_safe
+
+    model = load_safe(cfg.model, ModelImportError, "as a Keras model")
     labels = read_labels(cfg.labels)
     shape = tuple(model.input_shape)
     if len(shape) != 4:

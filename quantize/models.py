@@ -9,6 +9,16 @@ from __future__ import annotations
 ARCHS = ("cnn", "mobilenetv2")
 
 
+def load_safe(path, error_cls: type[Exception], what: str = "the Keras model"):
+    """Load a .keras file with safe_mode (no arbitrary code); any failure becomes ``error_cls`` naming the file."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # Keras raises ValueError/TypeError/OSError/zip errors for bad or unsafe files
+        raise error_cls(f"{path}: cannot load {what} ({type(e).__name__}: {str(e)[:300]})") from None
+
+
 def build(arch: str, input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0):
     if arch == "cnn":
         return classic_cnn(input_shape, num_classes, width)

@@ -47,12 +47,9 @@ def edge_role(bundle: Bundle) -> str:
 
 
 def _load_keras(path: Path):
-    import keras
+    from .models import load_safe
 
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:  # Keras raises ValueError/TypeError/OSError for bad or unsafe files
-        raise QuantizeError(f"{path}: cannot load the Keras model ({type(e).__name__}: {str(e)[:300]})") from e
+    return load_safe(path, QuantizeError)
 
 
 def calibration_items(calib_dir: Union[str, Path], num: int) -> list[tuple[Path, int]]:
