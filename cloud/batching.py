@@ -1,23 +1,34 @@
-"""Dynamic batching: many requests, one model call, one worker thread.
+"""Dynamic batching: many requests, few model calls, ``instances`` worker threads.
 
-Requests wait on a bounded asyncio queue. A collector task takes the first,
-then keeps taking until the batch holds ``max_batch_size`` images or
-``max_delay_ms`` has passed since that first request arrived, and hands the
-batch to a single worker thread (the model is not thread-safe, and one caller
-keeps a GPU fed best). Results go back to each caller's future, in order.
+Requests wait in a bounded queue. Each model instance is a worker thread that,
+as soon as it is free, takes the first waiting request and then keeps taking
+until its batch holds ``max_batch_size`` images or ``max_delay_ms`` has passed
+since that first request arrived; it runs the model and hands the results back
+to the event loop, which answers each caller's future, in order.
 
-The collector waits for more only while a request is known to be on its way
+The workers pull their next batch themselves. When the event loop picked the
+batches instead, every batch waited for the loop to get round to it (under load
+the loop has a queue of its own) and the model sat idle 20-30% of the time.
+
+One instance keeps a GPU fed best. On a CPU, two instances that each run the
+model on half the cores keep every core busy (see ``cloud.model.plan_instances``).
+
+A worker waits for more only while a request is known to be on its way
 (announced by :meth:`Batcher.infer` while its image decodes); a lone client
-never pays the delay. A full queue refuses at once with :class:`QueueFullError`
-(the service's 503), so memory and latency stay bounded under overload.
+never pays the delay. (Also waiting while another instance was busy, for its
+callers to come back, gave bigger batches but idle cores: no faster at 64
+clients, and slower answers at low load.) A full queue refuses at once with
+:class:`QueueFullError` (the service's 503), so memory and latency stay bounded
+under overload.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -51,7 +62,11 @@ BatchObserver = Callable[[int, float], None]  # (images in the batch, seconds th
 
 
 class Batcher:
-    """Collects arrays of shape [n, ...] from many callers into batches for ``fn``."""
+    """Collects arrays of shape [n, ...] from many callers into batches for ``fn``.
+
+    ``fn`` is called from ``instances`` threads at once, so it must be thread-safe
+    (a compiled TensorFlow/JAX/torch inference call is).
+    """
 
     def __init__(
         self,
@@ -60,49 +75,56 @@ class Batcher:
         max_batch_size: int = 32,
         max_delay_ms: float = 5.0,
         queue_size: int = 256,
+        instances: int = 1,
         name: str = "model",
         on_batch: BatchObserver | None = None,
     ):
-        if max_batch_size < 1 or queue_size < 1 or max_delay_ms < 0:
-            raise ValueError("max_batch_size and queue_size must be >= 1, max_delay_ms >= 0")
+        if max_batch_size < 1 or queue_size < 1 or instances < 1 or max_delay_ms < 0:
+            raise ValueError("max_batch_size, queue_size and instances must be >= 1, max_delay_ms >= 0")
         self.fn = fn
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000.0
         self.queue_size = queue_size
+        self.instances = instances
         self.name = name
         self.on_batch = on_batch
-        # The one thread the model runs in; public so operators (and tests) can see it is busy.
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
-        self._queue: asyncio.Queue[_Item | None] | None = None
-        self._task: asyncio.Task | None = None
-        self._incoming = 0  # callers announced by infer(), still preparing their input
-        self.in_worker = 0  # requests handed to the worker thread and not yet answered
+        self._cond = threading.Condition()
+        self._waiting: deque[_Item] = deque()  # guarded by _cond
+        self._filling = False  # one worker at a time gathers a batch (guarded by _cond)
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._incoming = 0  # callers announced by infer(), still preparing their input (event loop only)
+        self.in_worker = 0  # requests in batches being run and not yet answered
         self._closing = False
 
     # --- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the collector on the running loop."""
-        if self._task is not None:
+        """Start the worker threads; results come back to the running loop."""
+        if self._threads:
             return
-        self._queue = asyncio.Queue(maxsize=self.queue_size)
-        self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"batcher-{self.name}")
+        self._loop = asyncio.get_running_loop()
+        for i in range(self.instances):
+            t = threading.Thread(target=self._work, name=f"model-{self.name}-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
 
     async def close(self) -> None:
-        """Refuse new work, finish everything queued, then stop the worker thread."""
-        self._closing = True
-        if self._task is not None and self._queue is not None:
-            await self._queue.put(None)  # after every queued item: they are drained first
-            await self._task
-            self._task = None
-        self.worker.shutdown(wait=True)
+        """Refuse new work, finish everything queued, then stop the worker threads."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        threads, self._threads = self._threads, []
+        if threads:  # joined off the loop, which meanwhile delivers the last results
+            await asyncio.get_running_loop().run_in_executor(None, lambda: [t.join() for t in threads])
+            await asyncio.sleep(0)  # the last deliveries were scheduled before the threads ended
 
     # --- submitting --------------------------------------------------------
 
     @property
     def depth(self) -> int:
-        """Requests waiting for the model (not counting the batch it is running)."""
-        return self._queue.qsize() if self._queue is not None else 0
+        """Requests waiting for the model (not counting the batches it is running)."""
+        return len(self._waiting)
 
     @property
     def preparing(self) -> int:
@@ -111,11 +133,11 @@ class Batcher:
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return bool(self._threads) and not self._closing
 
     def check_capacity(self) -> None:
         """Refuse early, before a request spends work on decoding, when the queue is full or closed."""
-        if self._closing or not self.running:
+        if not self.running:
             raise BatcherClosedError(f"{self.name}: the model is shutting down")
         if self.depth + self._incoming >= self.queue_size:
             raise QueueFullError(f"{self.name}: the queue is full ({self.queue_size} requests waiting); retry shortly")
@@ -125,7 +147,7 @@ class Batcher:
 
         The capacity check comes first, so an overloaded service refuses before
         decoding. Announcing the request while its input is being prepared lets
-        the collector wait for it instead of starting a smaller batch.
+        a worker wait for it instead of starting a smaller batch.
         """
         self.check_capacity()
         self._incoming += 1
@@ -137,65 +159,76 @@ class Batcher:
 
     async def submit(self, x: np.ndarray) -> np.ndarray:
         """Queue one request's array [n, ...] and wait for the model's outputs for it."""
-        if self._closing or not self.running:
+        if not self.running:
             raise BatcherClosedError(f"{self.name}: the model is shutting down")
-        item = _Item(x, asyncio.get_running_loop().create_future())
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            raise QueueFullError(f"{self.name}: the queue is full ({self.queue_size} requests waiting); retry shortly") from None
+        item = _Item(x, self._loop.create_future())
+        with self._cond:
+            if len(self._waiting) >= self.queue_size:
+                raise QueueFullError(f"{self.name}: the queue is full ({self.queue_size} requests waiting); "
+                                     "retry shortly")
+            self._waiting.append(item)
+            self._cond.notify_all()
         return await item.future
 
-    # --- the collector -----------------------------------------------------
+    # --- the workers -------------------------------------------------------
 
-    async def _collect(self) -> None:
-        q = self._queue
-        carry: _Item | None = None
-        stop = False
-        while not stop:
-            first = carry if carry is not None else await q.get()
-            carry = None
-            if first is None:
-                break
-            batch, n = [first], len(first.x)
-            deadline = first.t_enqueued + self.max_delay
-            while n < self.max_batch_size:
-                try:
-                    nxt = q.get_nowait()
-                except asyncio.QueueEmpty:
+    def _take(self) -> list[_Item] | None:
+        """The next batch (blocking until there is one); None once closing and drained."""
+        with self._cond:
+            while self._filling or not self._waiting:
+                if self._closing and not self._waiting:
+                    return None
+                self._cond.wait()
+            self._filling = True
+            try:
+                first = self._waiting.popleft()
+                batch, n = [first], len(first.x)
+                deadline = first.t_enqueued + self.max_delay
+                while n < self.max_batch_size:
+                    if self._waiting:
+                        if n + len(self._waiting[0].x) > self.max_batch_size:
+                            break  # it starts the next batch; order is kept
+                        nxt = self._waiting.popleft()
+                        batch.append(nxt)
+                        n += len(nxt.x)
+                        continue
                     remaining = deadline - time.perf_counter()
-                    if self._incoming == 0 or remaining <= 0:
+                    if remaining <= 0 or self._closing or self._incoming == 0:
                         break
-                    try:
-                        nxt = await asyncio.wait_for(q.get(), remaining)
-                    except asyncio.TimeoutError:
-                        break
-                if nxt is None:
-                    stop = True
-                    break
-                if n + len(nxt.x) > self.max_batch_size:
-                    carry = nxt  # starts the next batch; order is kept
-                    break
-                batch.append(nxt)
-                n += len(nxt.x)
-            await self._run(batch)
+                    self._cond.wait(remaining)
+                self.in_worker += n
+                return batch
+            finally:
+                self._filling = False
+                self._cond.notify_all()
 
-    async def _run(self, batch: list[_Item]) -> None:
-        live = [it for it in batch if not it.future.done()]  # a caller that gave up needs no answer
-        if not live:
-            return
-        loop = asyncio.get_running_loop()
-        self.in_worker = len(live)
-        try:
-            outs, seconds = await loop.run_in_executor(self.worker, _call, self.fn, [it.x for it in live])
-        except Exception as e:  # the model failed: every caller in the batch learns why
-            log.exception("%s: model call failed on a batch of %d request(s)", self.name, len(live))
+    def _work(self) -> None:
+        while (batch := self._take()) is not None:
+            live = [it for it in batch if not it.future.done()]  # a caller that gave up needs no answer
+            outs = error = None
+            seconds = 0.0
+            try:
+                if live:
+                    outs, seconds = _call(self.fn, [it.x for it in live])
+            except Exception as e:  # the model failed: every caller in the batch learns why
+                log.exception("%s: model call failed on a batch of %d request(s)", self.name, len(live))
+                error = e
+            finally:
+                with self._cond:
+                    self.in_worker -= sum(len(it.x) for it in batch)
+                    self._cond.notify_all()
+            if live:
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver, live, outs, seconds, error)
+                except RuntimeError:  # the loop is closed: no caller is left to answer
+                    log.warning("%s: event loop closed; dropped the answers to %d request(s)", self.name, len(live))
+
+    def _deliver(self, live: list[_Item], outs: np.ndarray | None, seconds: float, error: Exception | None) -> None:
+        if error is not None:
             for it in live:
                 if not it.future.done():
-                    it.future.set_exception(e)
+                    it.future.set_exception(error)
             return
-        finally:
-            self.in_worker = 0
         if self.on_batch is not None:
             self.on_batch(sum(len(it.x) for it in live), seconds)
         start = 0

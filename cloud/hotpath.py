@@ -15,6 +15,8 @@ event loop instead: that takes ~40 us, less than the hand-off to a thread and ba
 from __future__ import annotations
 
 import json
+import logging
+import math
 from typing import Awaitable, Callable
 from urllib.parse import parse_qsl
 
@@ -27,6 +29,8 @@ from edge_sdk.protocol import LABEL_OUTPUT, PROBS_OUTPUT
 from .errors import ApiError, describe
 from .inputs import image_tensor, parse_infer
 from .state import ServedModel, ServiceState
+
+log = logging.getLogger("hybrid_vision.cloud")
 
 IMAGE_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "image/bmp", "image/x-ms-bmp", "image/webp",
                          "application/octet-stream"})
@@ -85,8 +89,12 @@ class HotPath:
             return
         except Exception as e:  # noqa: BLE001 - typed errors become their status; anything else is a bug
             known = describe(e)
-            if known is None:
-                raise  # FastAPI's last-resort handler logs it and answers 500
+            if known is None:  # served ahead of FastAPI, so its last-resort handler's work is done here
+                self.state.metrics.internal_errors.inc()
+                log.error("internal error on %s %s: %s: %s", scope["method"], scope["path"], type(e).__name__, e,
+                          exc_info=e)
+                await _send(send, 500, _error("internal server error"))
+                return
             status, message, headers = known
             await _send(send, status, _error(message), headers)
             return
@@ -101,12 +109,7 @@ class HotPath:
         _check_content_type(scope, IMAGE_TYPES)
         data = await read_body(receive, self.limit)
         probs = await sm.batcher.infer(self._prepare_image(sm, data))
-        p = probs[0]
-        order = np.argsort(-p)[: min(top_k, len(p))]
-        labels = sm.model.labels
-        top = [{"label": labels[i], "confidence": float(p[i])} for i in order]
-        return _dumps({"model_name": sm.name, "label": top[0]["label"], "confidence": top[0]["confidence"],
-                       "top_k": top})
+        return classify_body(sm, probs[0], top_k)
 
     async def infer(self, scope: Scope, receive: Receive, name: str) -> bytes:
         sm = self.state.resolve(name)
@@ -151,6 +154,18 @@ class HotPath:
 
             return inline
         return lambda: self.state.in_pool(image_tensor, data, sm.spec)
+
+
+def classify_body(sm: ServedModel, p: np.ndarray, top_k: int) -> bytes:
+    """The /v1/classify answer, written directly from labels encoded once per model (a tenth of a dict + dumps)."""
+    order = (-p).argsort(kind="stable")[:top_k].tolist()
+    conf = p[order].tolist()
+    if not all(map(math.isfinite, conf)):
+        raise RuntimeError(f"{sm.name}: the model gave a non-finite probability")
+    labels = sm.labels_json
+    top = ",".join(f'{{"label":{labels[i]},"confidence":{c!r}}}' for i, c in zip(order, conf))
+    return (f'{{"model_name":{sm.name_json},"label":{labels[order[0]]},"confidence":{conf[0]!r},'
+            f'"top_k":[{top}]}}').encode("utf-8")
 
 
 # --- ASGI plumbing ---------------------------------------------------------------

@@ -50,16 +50,26 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp, metrics: Metrics, routes, hot_label=None):
         self.app, self.metrics, self.routes, self.hot_label = app, metrics, routes, hot_label
-        self._cache: dict[tuple[str, str], str] = {}
+        self._cache: dict[tuple[str, str], tuple[str, Gauge, Histogram]] = {}
+        self._counters: dict[tuple[str, str, int], Counter] = {}  # endpoints x methods x statuses: bounded
 
-    def _endpoint(self, scope: Scope) -> str:
+    def _endpoint(self, scope: Scope) -> tuple[str, Gauge, Histogram]:
+        """The request's endpoint label, with its in-flight gauge and latency histogram (labelled once)."""
         key = (scope["method"], scope["path"])
-        name = self._cache.get(key)
-        if name is None:
+        hit = self._cache.get(key)
+        if hit is None:
             if len(self._cache) >= self.CACHE_SIZE:
                 self._cache.clear()
-            name = self._cache[key] = self._match(scope)
-        return name
+            name = self._match(scope)
+            hit = self._cache[key] = (name, self.metrics.in_flight.labels(name), self.metrics.latency.labels(name))
+        return hit
+
+    def _counter(self, endpoint: str, method: str, status: int) -> Counter:
+        key = (endpoint, method, status)
+        c = self._counters.get(key)
+        if c is None:
+            c = self._counters[key] = self.metrics.requests.labels(endpoint, method, str(status))
+        return c
 
     def _match(self, scope: Scope) -> str:
         hot = self.hot_label(scope) if self.hot_label is not None else None
@@ -78,7 +88,7 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        endpoint = self._endpoint(scope)
+        endpoint, gauge, latency = self._endpoint(scope)
         status = 500
         t0 = time.perf_counter()
 
@@ -88,11 +98,10 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
-        gauge = self.metrics.in_flight.labels(endpoint)
         gauge.inc()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             gauge.dec()
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+            self._counter(endpoint, scope["method"], status).inc()
+            latency.observe(time.perf_counter() - t0)

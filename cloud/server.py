@@ -84,7 +84,8 @@ def make_server(app: FastAPI, settings: Settings) -> DrainingServer:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, lifespan="on", log_level=settings.log_level,
         access_log=settings.access_log, timeout_graceful_shutdown=settings.drain_timeout_s,
-        server_header=False, **ssl,
+        server_header=False, proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips, **ssl,
     )
     if ssl:
         try:

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=4096)
     max_delay_ms: float = Field(5.0, ge=0, le=10_000)
     queue_size: int = Field(256, ge=1, le=1_000_000)  # requests waiting for the model, per model
+    model_instances: int = Field(0, ge=0, le=64)  # model worker threads per model; 0 = auto (cloud.model.plan_instances)
+    model_threads: int = Field(0, ge=0, le=1024)  # the backend's threads within one op; 0 = auto (CPUs / instances)
     decode_threads: int = Field(default_factory=_default_decode_threads, ge=1, le=256)
     inline_decode_max_pixels: int = Field(4096, ge=0)  # tinier images decode on the event loop (cheaper than a hop)
     # limits
@@ -50,6 +52,9 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(0, ge=0)  # 0 = max(1, 2 x rps)
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    # proxies whose X-Forwarded-For/-Proto are believed (uvicorn's list: "10.0.0.1,10.0.0.2" or "*");
+    # None: such headers are ignored and the client is the TCP peer
+    forwarded_allow_ips: str | None = None
     # operations
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = False

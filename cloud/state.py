@@ -55,6 +55,12 @@ class ServedModel:
     batcher: Batcher
     spec: ModelInput
     edge: EdgeArtifact | None
+    name_json: str = field(init=False, repr=False)  # the name and labels as JSON strings, encoded once
+    labels_json: list[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.name_json = json.dumps(self.name, ensure_ascii=False)
+        self.labels_json = [json.dumps(lb, ensure_ascii=False) for lb in self.model.labels]
 
     def metadata(self) -> dict:
         m, (h, w, c) = self.model.manifest, self.spec.shape

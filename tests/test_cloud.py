@@ -418,12 +418,52 @@ def test_429_rate_limit_per_key(trained_bundle_session, digit_files):
         assert c.get(s.url + "/v2/health/ready").status_code == 200  # probes are never limited
 
 
+def test_a_model_failure_is_a_json_500_counted_and_the_service_goes_on(trained_bundle_session, digit_files):
+    png = digit_files[0][0].read_bytes()
+    with serve_app_in_thread([trained_bundle_session]) as s, requests.Session() as c:
+        batcher = s.app.state.hv.models["trained"].batcher
+        model_fn = batcher.fn
+
+        def broken(x):
+            raise RuntimeError("simulated device failure")
+
+        batcher.fn = broken
+        r = c.post(s.url + "/v1/classify", data=png, headers=PNG)
+        assert_error(r, 500, "internal server error")
+        assert "simulated" not in r.text  # the cause is logged, not shown to the client
+        assert s.app.state.hv.metrics.internal_errors._value.get() == 1
+        batcher.fn = model_fn
+        assert c.post(s.url + "/v1/classify", data=png, headers=PNG).status_code == 200
+
+
+def test_forwarded_for_is_ignored_unless_a_proxy_is_trusted(trained_bundle_session, digit_files):
+    """Without keys the rate limit is per client address; a client must not pick its own address."""
+    png = digit_files[0][0].read_bytes()
+    with serve_app_in_thread([trained_bundle_session], rate_limit_rps=0.2, rate_limit_burst=2) as s, \
+            requests.Session() as c:
+        codes = [c.post(s.url + "/v1/classify", data=png, headers={**PNG, "X-Forwarded-For": f"10.0.0.{i}"}).status_code
+                 for i in range(3)]
+        assert codes == [200, 200, 429]
+    with serve_app_in_thread([trained_bundle_session], rate_limit_rps=0.2, rate_limit_burst=2,
+                             forwarded_allow_ips="127.0.0.1") as s, requests.Session() as c:
+        codes = [c.post(s.url + "/v1/classify", data=png, headers={**PNG, "X-Forwarded-For": f"10.0.0.{i}"}).status_code
+                 for i in range(3)]
+        assert codes == [200, 200, 200]  # behind a trusted proxy each forwarded client has its own bucket
+
+
 def test_503_when_the_queue_is_full_then_recovers(trained_bundle_session, digit_files):
     png = digit_files[0][0].read_bytes()
-    with serve_app_in_thread([trained_bundle_session], queue_size=1, max_batch_size=1, max_delay_ms=0) as s:
+    with serve_app_in_thread([trained_bundle_session], queue_size=1, max_batch_size=1, max_delay_ms=0,
+                             model_instances=1) as s:
         batcher = s.app.state.hv.models["trained"].batcher  # named by its manifest
         gate = threading.Event()
-        blocker = batcher.worker.submit(gate.wait, 30)  # the model's one worker thread is now busy
+        model_fn = batcher.fn
+
+        def gated(x):  # the model's one instance blocks on the gate, as a long batch would
+            gate.wait(30)
+            return model_fn(x)
+
+        batcher.fn = gated
         results = {}
 
         def send(i):
@@ -450,7 +490,6 @@ def test_503_when_the_queue_is_full_then_recovers(trained_bundle_session, digit_
                 assert c.get(s.url + "/v2/health/live").status_code == 200
         finally:
             gate.set()  # the worker is free again: both waiting requests complete
-        blocker.result(10)
         for t in threads:
             t.join(30)
         assert batcher.in_worker == 0 and batcher.depth == 0

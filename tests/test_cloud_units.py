@@ -148,6 +148,54 @@ def test_batcher_waits_only_for_requests_it_knows_are_coming():
     assert pair < 1.5
 
 
+def test_batcher_instances_run_batches_at_the_same_time():
+    both = threading.Barrier(2, timeout=10)  # passes only if two batches are inside the model at once
+    seen: list[int] = []
+
+    def model(x):
+        seen.append(len(x))
+        both.wait()
+        return x * 2
+
+    async def main():
+        b = Batcher(model, max_batch_size=1, max_delay_ms=0, queue_size=10, instances=2)
+        await b.start()
+        outs = await asyncio.gather(*(b.submit(np.full((1, 1), i, np.float32)) for i in range(4)))
+        await b.close()
+        return outs
+
+    outs = run(main())
+    assert [float(o[0, 0]) for o in outs] == [0.0, 2.0, 4.0, 6.0] and seen == [1, 1, 1, 1]
+
+
+def test_plan_instances_defaults():
+    from cloud.model import plan_instances
+
+    assert plan_instances("tensorflow", cpus=2) == (2, 1)
+    assert plan_instances("tensorflow", cpus=16) == (2, 8)
+    assert plan_instances("torch", cpus=1) == (1, 1)
+    assert plan_instances("jax", cpus=16) == (1, 16)  # the GPU path: one caller keeps a GPU fed
+    assert plan_instances("tensorflow", instances=3, cpus=16) == (3, 5)
+    assert plan_instances("tensorflow", instances=1, threads=4, cpus=2) == (1, 4)
+
+
+def test_classify_body_is_json_for_any_label():
+    import json
+    from types import SimpleNamespace
+
+    from cloud.hotpath import classify_body
+    from cloud.state import ServedModel
+
+    labels = ['say "hi"', "naïve\\path", "ok"]
+    sm = ServedModel("m\"1", SimpleNamespace(labels=labels), None, None, None)
+    doc = json.loads(classify_body(sm, np.array([0.2, 0.5, 0.3], np.float32), 2))
+    assert doc["model_name"] == 'm"1' and doc["label"] == "naïve\\path"
+    assert [t["label"] for t in doc["top_k"]] == ["naïve\\path", "ok"]
+    assert doc["confidence"] == pytest.approx(0.5) and doc["top_k"][1]["confidence"] == pytest.approx(0.3)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        classify_body(sm, np.array([np.nan, 0.5, 0.5], np.float32), 3)
+
+
 # --- security ----------------------------------------------------------------------
 
 

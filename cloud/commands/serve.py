@@ -19,6 +19,10 @@ def add_arguments(p) -> None:
     p.add_argument("--max-batch-size", type=int, help="most images per model call [32]")
     p.add_argument("--max-delay-ms", type=float, help="longest wait to fill a batch [5]")
     p.add_argument("--queue-size", type=int, help="requests that may wait per model before 503 [256]")
+    p.add_argument("--model-instances", type=int,
+                   help="model worker threads per model, each running a batch [auto: 2 on a CPU, 1 with JAX]")
+    p.add_argument("--model-threads", type=int,
+                   help="the backend's threads within one op [auto: CPUs / instances]")
     p.add_argument("--decode-threads", type=int, help="threads that decode and preprocess images [CPUs, 2..8]")
     p.add_argument("--max-body-bytes", type=int, help="largest request body [32 MiB]")
     p.add_argument("--max-pixels", type=int, help="largest image, in pixels [40,000,000]")
@@ -27,6 +31,8 @@ def add_arguments(p) -> None:
     p.add_argument("--rate-burst", type=int, dest="rate_limit_burst", help="burst per key [2 x rate]")
     p.add_argument("--ssl-certfile", help="TLS certificate (PEM); serve HTTPS")
     p.add_argument("--ssl-keyfile", help="TLS private key (PEM)")
+    p.add_argument("--forwarded-allow-ips",
+                   help="proxies trusted for X-Forwarded-For/-Proto, comma-separated or '*' [none: headers ignored]")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", default=None, help="log every request")
     p.add_argument("--bench-endpoints", action="store_true", default=None,
@@ -61,9 +67,11 @@ def run(args) -> int:
     settings = load_settings(
         host=args.host, port=args.port, backend=args.backend, max_batch_size=args.max_batch_size,
         max_delay_ms=args.max_delay_ms, queue_size=args.queue_size, decode_threads=args.decode_threads,
+        model_instances=args.model_instances, model_threads=args.model_threads,
         max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels, api_keys=keys,
         rate_limit_rps=args.rate_limit_rps, rate_limit_burst=args.rate_limit_burst,
         ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, log_level=args.log_level,
+        forwarded_allow_ips=args.forwarded_allow_ips,
         access_log=args.access_log, bench_endpoints=args.bench_endpoints,
     )
     # KERAS_BACKEND must be set before anything imports keras (settings.backend comes from --backend or HV_BACKEND).
