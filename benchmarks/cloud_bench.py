@@ -3,8 +3,10 @@
     python benchmarks/cloud_bench.py [--model digits|mobilenetv2|resnet50|BUNDLE] [--backend tensorflow|jax|torch]
                                      [--concurrency 1,8,32,64] [--duration 8] [--client auto|wrk|python]
 
-* model ceiling: the service's own compiled model (cloud.model.CloudModel), in this process, before the
-  servers start, at every batch size up to --scan-max-batch; the best images/s.
+* model ceiling: the service's own compiled model (cloud.model.CloudModel) with no HTTP, before the
+  servers start, at every batch size up to --scan-max-batch, in each threading layout that could be
+  best (one caller with every core per op; the server's plan, e.g. two callers x half the cores), each
+  in its own process; the best images/s of them all.
 * HTTP ceiling: the same server (started with --bench-endpoints) and the same client and image bodies
   at the top concurrency, on POST /v1/noop: auth, limits, routing and the body read, no decode, no model.
 * served: POST /v1/classify with encoded images (PNG for digits, JPEG otherwise) at each concurrency,
@@ -37,6 +39,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several JAX processes share one GPU here
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # cloud_server.serve_subprocess
@@ -121,37 +124,88 @@ def make_images(bundle: Path, work: Path, n: int = 32) -> tuple[list[Path], str]
     return sorted(out.glob("*.jpg")), "image/jpeg"
 
 
+def _ceiling_child(conn, bundle: str, backend: str, instances: int, threads: int, max_batch: int) -> None:
+    """One threading layout of the model in its own process (TensorFlow fixes its threads per process)."""
+    import threading
+
+    from cloud.model import CloudModel, configure_threads, select_backend
+
+    configure_threads(select_backend(backend), threads)
+    m = CloudModel.from_path(bundle, max_batch_size=max_batch, backend=backend)
+    m.warmup()
+    x = np.random.default_rng(0).random((max_batch,) + m.input_shape, dtype=np.float32)
+
+    def rate(batch: int, seconds: float) -> float:
+        """Images/s with ``instances`` threads each calling predict on its own batch, as the server's workers do."""
+        xb = x[:batch]
+        m.predict(xb)
+        counts = [0] * instances
+        t0 = time.perf_counter()
+        stop = t0 + seconds
+
+        def loop(i: int) -> None:
+            while time.perf_counter() < stop or counts[i] < 3:
+                m.predict(xb)
+                counts[i] += 1
+
+        workers = [threading.Thread(target=loop, args=(i,)) for i in range(instances)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return round(sum(counts) * batch / (time.perf_counter() - t0), 1)
+
+    conn.send({"buckets": m.buckets})
+    while (msg := conn.recv()) is not None:
+        conn.send(rate(*msg))
+
+
 class ModelCeiling:
-    """The compiled model alone (the service's own CloudModel.predict) in this process, with no HTTP."""
+    """The compiled model alone (the service's own CloudModel.predict), no HTTP: its best images/s.
 
-    def __init__(self, bundle: Path, backend: str, max_batch: int):
-        from cloud.model import CloudModel
+    Measured for each threading layout that could be best, each in its own process: one caller with
+    every core per op (the classic layout), and the server's own plan (cloud.model.plan_instances: on a
+    CPU, two callers at once with half the cores each). The ceiling is the best of them all.
+    """
 
-        self.m = CloudModel.from_path(bundle, max_batch_size=max_batch, backend=backend)
-        self.m.warmup()
-        self.x = np.random.default_rng(0).random((max_batch,) + self.m.input_shape, dtype=np.float32)
-        self.best_batch = max_batch
+    def __init__(self, bundle: Path, backend: str, max_batch: int, server_plan: tuple[int, int]):
+        cpus = os.cpu_count() or 1
+        layouts = [(1, cpus)] + ([server_plan] if tuple(server_plan) != (1, cpus) else [])
+        ctx = mp.get_context("spawn")
+        self.children = {}
+        for inst, thr in layouts:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_ceiling_child, args=(child, str(bundle), backend, inst, thr, max_batch),
+                               daemon=True)
+            proc.start()
+            self.children[f"{inst}x{thr}"] = (proc, parent)
+        self.buckets = {k: conn.recv()["buckets"] for k, (_, conn) in self.children.items()}
+        self.best = (next(iter(self.children)), max_batch)  # (layout, batch), set by scan()
 
-    def rate(self, batch: int, seconds: float) -> float:
-        x = self.x[:batch]
-        self.m.predict(x)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds or n < 3:
-            self.m.predict(x)
-            n += 1
-        return round(n * batch / (time.perf_counter() - t0), 1)
+    def rate(self, batch: int | None = None, seconds: float = 2.0, layout: str | None = None) -> float:
+        layout, best_batch = layout or self.best[0], self.best[1]
+        _, conn = self.children[layout]
+        conn.send((batch or best_batch, seconds))
+        return conn.recv()
 
     def scan(self, seconds: float = 2.0) -> dict:
-        """Images/s at every bucket size; remembers the best batch for :meth:`rate` checks later.
+        """Images/s for every layout at every bucket size; the best (layout, batch) is kept for :meth:`rate`.
 
-        ``sweet_spot`` is the smallest batch within 5% of the best: what max_batch_size should be
-        (bigger batches only add latency there).
+        ``sweet_spot`` is the smallest batch within 5% of the best, in the best layout: what
+        max_batch_size should be (bigger batches only add latency there).
         """
-        by_batch = {b: self.rate(b, seconds) for b in self.m.buckets}
-        self.best_batch = max(by_batch, key=by_batch.get)
-        top = by_batch[self.best_batch]
-        sweet = min(b for b, r in by_batch.items() if r >= 0.95 * top)
-        return {"best_batch": self.best_batch, "images_per_s": top, "sweet_spot": sweet, "by_batch": by_batch}
+        by_layout = {k: {b: self.rate(b, seconds, k) for b in self.buckets[k]} for k in self.children}
+        layout, batch = max(((k, b) for k, r in by_layout.items() for b in r), key=lambda kb: by_layout[kb[0]][kb[1]])
+        self.best = (layout, batch)
+        top = by_layout[layout][batch]
+        sweet = min(b for b, r in by_layout[layout].items() if r >= 0.95 * top)
+        return {"best_layout": layout, "best_batch": batch, "images_per_s": top, "sweet_spot": sweet,
+                "layouts": "instances x threads per op", "by_layout_and_batch": by_layout}
+
+    def close(self) -> None:
+        for proc, conn in self.children.values():
+            conn.send(None)
+            proc.join(30)
 
 
 # --- load generators ---------------------------------------------------------------------
@@ -307,6 +361,8 @@ def serve_both(bundle, backend, args, files, ctype, work, concs, ceiling: ModelC
               "--log-level", "warning", "--queue-size", "4096"]
     if args.decode_threads:
         common += ["--decode-threads", str(args.decode_threads)]
+    if args.model_instances:
+        common += ["--model-instances", str(args.model_instances)]
     configs = {"on": args.max_batch_size} if args.skip_off else {"on": args.max_batch_size, "off": 1}
     out: dict = {k: {} for k in configs}
     with ExitStack() as stack:
@@ -320,7 +376,7 @@ def serve_both(bundle, backend, args, files, ctype, work, concs, ceiling: ModelC
         for c in concs:
             runs: dict[str, list] = {k: [] for k in configs}
             for rep in range(args.repeats):
-                model_now = ceiling.rate(ceiling.best_batch, args.duration / 2) if c == max(concs) else None
+                model_now = ceiling.rate(seconds=args.duration / 2) if c == max(concs) else None
                 order = list(bases) if rep % 2 == 0 else list(bases)[::-1]  # no side always goes first
                 for k in order:
                     runs[k].append(measure_point(args.client, bases[k], files, ctype, c, args.duration, work))
@@ -352,6 +408,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scan-max-batch", type=int, default=0, help="largest batch the model scan tries [128; 256 on a GPU]")
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
     ap.add_argument("--decode-threads", type=int, default=0, help="0: the server's default")
+    ap.add_argument("--model-instances", type=int, default=0, help="0: the server's default (auto)")
     ap.add_argument("--client", default="auto", choices=["auto", "wrk", "python"])
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs per point; the median is kept")
     ap.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
@@ -372,12 +429,19 @@ def main(argv=None) -> int:
         image_info = {"type": ctype, "count": len(files), "mean_bytes": int(np.mean([f.stat().st_size for f in files]))}
         print(f"model ceiling for {args.model} on {backend}...", file=sys.stderr)
         scan_max = args.scan_max_batch or (256 if "gpu" in where else 128)
-        ceiling = ModelCeiling(bundle, backend, scan_max)
+        from cloud.model import plan_instances
+
+        server_plan = plan_instances(backend, args.model_instances)
+        ceiling = ModelCeiling(bundle, backend, scan_max, server_plan)
         scan = ceiling.scan()
         args.max_batch_size = scan["sweet_spot"] if args.max_batch_size == "auto" else int(args.max_batch_size)
-        print(f"  model ceiling: {scan['images_per_s']} img/s at batch {scan['best_batch']}; serving with "
-              f"max_batch_size={args.max_batch_size}", file=sys.stderr)
-        served = serve_both(bundle, backend, args, files, ctype, work, concs, ceiling)
+        print(f"  model ceiling: {scan['images_per_s']} img/s at batch {scan['best_batch']} "
+              f"(layout {scan['best_layout']}); serving with max_batch_size={args.max_batch_size}, "
+              f"{server_plan[0]} instance(s) x {server_plan[1]} thread(s)", file=sys.stderr)
+        try:
+            served = serve_both(bundle, backend, args, files, ctype, work, concs, ceiling)
+        finally:
+            ceiling.close()
 
     top = max(concs)
     http = served["http_ceiling"]["rps"]
@@ -389,7 +453,7 @@ def main(argv=None) -> int:
     same_load = fractions[(len(fractions) - 1) // 2] if fractions else None
     result = {
         "benchmark": "cloud_bench", "model": args.model, "conditions": {
-            **where, "client": args.client, "duration_s": args.duration, "repeats": args.repeats, "image": image_info,
+            **where, "server_instances_x_threads": list(server_plan), "client": args.client, "duration_s": args.duration, "repeats": args.repeats, "image": image_info,
             "max_delay_ms": args.max_delay_ms, "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
             "note": ("client, server and model share the same CPUs (and other users' jobs); each ceiling is "
                      "measured alone on the whole machine") if "gpu" not in where else
