@@ -13,13 +13,15 @@ the loop has a queue of its own) and the model sat idle 20-30% of the time.
 One instance keeps a GPU fed best. On a CPU, two instances that each run the
 model on half the cores keep every core busy (see ``cloud.model.plan_instances``).
 
-A worker waits for more only while a request is known to be on its way
-(announced by :meth:`Batcher.infer` while its image decodes); a lone client
-never pays the delay. (Also waiting while another instance was busy, for its
-callers to come back, gave bigger batches but idle cores: no faster at 64
-clients, and slower answers at low load.) A full queue refuses at once with
-:class:`QueueFullError` (the service's 503), so memory and latency stay bounded
-under overload.
+A worker that finds other instances idle takes only its share of the waiting
+requests, so at low load the instances split the work rather than one running
+a batch while the others wait. A worker waits for more only while a request is
+known to be on its way (announced by :meth:`Batcher.infer` while its image
+decodes); a lone client never pays the delay. (Also waiting while another
+instance was busy, for its callers to come back, gave bigger batches but idle
+cores: no faster at 64 clients, slower answers at low load.) A full queue
+refuses at once with :class:`QueueFullError` (the service's 503), so memory and
+latency stay bounded under overload.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._waiting: deque[_Item] = deque()  # guarded by _cond
         self._filling = False  # one worker at a time gathers a batch (guarded by _cond)
+        self._busy = 0  # instances running a batch (guarded by _cond)
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._incoming = 0  # callers announced by infer(), still preparing their input (event loop only)
@@ -181,12 +184,17 @@ class Batcher:
                 self._cond.wait()
             self._filling = True
             try:
+                # With other instances idle, take only a fair share of what waits: they take the rest at once.
+                idle_others = self.instances - self._busy - 1
+                cap = self.max_batch_size
+                if idle_others > 0:
+                    cap = min(cap, max(1, -(-sum(len(it.x) for it in self._waiting) // (idle_others + 1))))
                 first = self._waiting.popleft()
                 batch, n = [first], len(first.x)
                 deadline = first.t_enqueued + self.max_delay
-                while n < self.max_batch_size:
+                while n < cap:
                     if self._waiting:
-                        if n + len(self._waiting[0].x) > self.max_batch_size:
+                        if n + len(self._waiting[0].x) > cap:
                             break  # it starts the next batch; order is kept
                         nxt = self._waiting.popleft()
                         batch.append(nxt)
@@ -196,6 +204,7 @@ class Batcher:
                     if remaining <= 0 or self._closing or self._incoming == 0:
                         break
                     self._cond.wait(remaining)
+                self._busy += 1
                 self.in_worker += n
                 return batch
             finally:
@@ -215,6 +224,7 @@ class Batcher:
                 error = e
             finally:
                 with self._cond:
+                    self._busy -= 1
                     self.in_worker -= sum(len(it.x) for it in batch)
                     self._cond.notify_all()
             if live:
