@@ -13,6 +13,11 @@ ETag, the sha256 header and the manifest's (which also brings the labels, the
 quantization and the recalibrated threshold). Then the model is loaded and
 checked (input shape, classes, quantization) and only then swapped in. Any
 failure raises :class:`UpdateError` and leaves the old model serving.
+
+The verified model, its quantization and its threshold are also written into
+the bundle on disk (atomically, see :func:`edge_sdk.bundle.update_bundle`), so a
+restart keeps the update. If the disk refuses (read-only, full), the new model
+still serves from memory and :attr:`UpdateResult.persist_error` says why.
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ from typing import IO, TYPE_CHECKING, Any, Mapping
 
 from pydantic import ValidationError
 
-from .bundle import Manifest
+from .bundle import Manifest, update_bundle
 from .client import Sink, deadline_after
-from .errors import CloudError, ModelLoadError, UpdateError
+from .errors import BundleError, CloudError, ModelLoadError, UpdateError
 from .runtime import LocalModel
 
 if TYPE_CHECKING:
@@ -45,6 +50,8 @@ class UpdateResult:
     previous_sha256: str | None = None
     bytes_downloaded: int = 0
     threshold: float | None = None
+    persisted: bool = False  # written into the bundle on disk, so a restart keeps it
+    persist_error: str | None = None
 
 
 class _HashingFile(Sink):
@@ -91,8 +98,9 @@ def check_for_update(
     deadline_ms: float = 60_000.0,
     max_bytes: int = 256 * 1024 * 1024,
     tmp_dir: str | os.PathLike | None = None,
+    persist: bool = True,
 ) -> UpdateResult:
-    """Download, verify and swap in a newer edge model if the server has one."""
+    """Download, verify and swap in a newer edge model if the server has one; with ``persist``, also into the bundle."""
     if clf.cloud is None:
         raise UpdateError("no cloud_url configured: nowhere to check for updates")
     deadline = deadline_after(deadline_ms)
@@ -116,16 +124,33 @@ def check_for_update(
             raise UpdateError(f"fetching the edge manifest failed: the server answered {mreply.status}")
         manifest, manifest_sha = parse_manifest(mreply.content)
         model = _verify_and_load(clf, tmp, got, manifest, manifest_sha)
+        if model.sha256 == current:
+            return UpdateResult(False, current, current, size)
+        persist_error = _persist(clf, tmp, manifest) if persist else None
     finally:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-    if model.sha256 == current:
-        return UpdateResult(False, current, current, size)
     old = clf.swap_model(model, threshold=manifest.routing.threshold, metric=manifest.routing.metric)
     log.info("edge model updated %s -> %s", (old.sha256[:12] if old else None), model.sha256[:12])
-    return UpdateResult(True, model.sha256, current, size, clf.threshold)
+    return UpdateResult(True, model.sha256, current, size, clf.threshold,
+                        persisted=persist and persist_error is None, persist_error=persist_error)
+
+
+def _persist(clf: "HybridClassifier", tmp: str, server: Manifest) -> str | None:
+    """Write the verified model, its quantization and threshold into the bundle on disk; None, or why not."""
+    local = clf.bundle.manifest
+    name = local.models["edge"].file if "edge" in local.models else server.models["edge"].file
+    entry = server.models["edge"].model_copy(update={"file": name})
+    manifest = local.model_copy(deep=True, update={
+        "models": {**local.models, "edge": entry}, "routing": server.routing, "version": server.version})
+    try:
+        clf.bundle = update_bundle(clf.bundle, manifest, {name: tmp})
+    except (OSError, BundleError) as e:
+        log.warning("edge model updated in memory only: cannot write it into %s: %s", clf.bundle.path, e)
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _get(clf: "HybridClassifier", path: str, deadline: float, headers: Mapping[str, str], sink):

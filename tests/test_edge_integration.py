@@ -170,6 +170,7 @@ def test_over_the_air_update_end_to_end(quantized_bundle_session, served, tmp_pa
         [t.join(30) for t in ts]
     assert errors == [] and count[0] > 0
     assert r.updated and r.previous_sha256 == old_sha and r.sha256 == server_sha == clf.model.sha256
+    assert r.persisted and load_bundle(device).manifest.models["edge"].sha256 == server_sha  # survives a restart
     again = clf.check_for_update()
     assert not again.updated and again.sha256 == server_sha  # 304 now
 

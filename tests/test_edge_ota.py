@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +20,11 @@ BASE = "http://cloud.test"
 EDGE = f"{BASE}/v1/models/tiny/edge"
 
 
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    return cached_tiny_bundle(tmp_path_factory, seed=0), cached_tiny_bundle(tmp_path_factory, seed=1)
+@pytest.fixture
+def bundles(tmp_path_factory, tmp_path):
+    """Two tiny bundles, copied per test: an update writes into the device's bundle."""
+    return tuple(Path(shutil.copytree(cached_tiny_bundle(tmp_path_factory, seed=i), tmp_path / f"b{i}"))
+                 for i in (0, 1))
 
 
 def manifest_doc(bundle_dir, *, threshold=None, labels=None, sha=None) -> dict:
@@ -77,6 +81,29 @@ def test_a_newer_model_is_verified_and_swapped_in(bundles):
     after = [clf.predict(im).probabilities for im in imgs]
     assert all(np.array_equal(x, want.predict(im).probabilities) for x, im in zip(after, imgs))
     assert any(not np.array_equal(x, y) for x, y in zip(before, after))
+    # written into the bundle on disk: a restart comes back with the new model and its threshold
+    assert r.persisted and r.persist_error is None
+    on_disk = load_bundle(a)  # sha256 verified
+    assert on_disk.manifest.models["edge"].sha256 == new_sha and on_disk.manifest.routing.threshold == 0.123
+    restarted = HybridClassifier.from_bundle(a, mode="edge_only", probes=[])
+    assert restarted.model.sha256 == new_sha and restarted.threshold == pytest.approx(0.123)
+
+
+@responses.activate
+def test_an_update_the_disk_refuses_still_serves_from_memory(bundles, monkeypatch):
+    a, b = bundles
+    clf = make(a)
+    before = load_bundle(a).manifest.models["edge"].sha256
+    new_sha = serve_update(b)
+
+    def full_disk(*args, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("edge_sdk.ota.update_bundle", full_disk)
+    r = clf.check_for_update()
+    assert r.updated and clf.model.sha256 == new_sha
+    assert not r.persisted and "No space left" in r.persist_error
+    assert load_bundle(a).manifest.models["edge"].sha256 == before  # the bundle on disk is whole and unchanged
 
 
 @responses.activate
