@@ -453,7 +453,8 @@ def main(argv=None) -> int:
     same_load = fractions[(len(fractions) - 1) // 2] if fractions else None
     result = {
         "benchmark": "cloud_bench", "model": args.model, "conditions": {
-            **where, "server_instances_x_threads": list(server_plan), "client": args.client, "duration_s": args.duration, "repeats": args.repeats, "image": image_info,
+            **where, "server_instances_x_threads": list(server_plan),
+            "client": args.client, "duration_s": args.duration, "repeats": args.repeats, "image": image_info,
             "max_delay_ms": args.max_delay_ms, "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
             "note": ("client, server and model share the same CPUs (and other users' jobs); each ceiling is "
                      "measured alone on the whole machine") if "gpu" not in where else

@@ -2,9 +2,10 @@
 
 Request path: metrics -> keys, rate and size limits (plain ASGI layers in front
 of FastAPI, see :class:`ServiceApp`) -> the image-carrying POST endpoints
-(``cloud.hotpath``), or FastAPI's own stack and router for the rest. Bodies are read under a size limit; JSON parsing, base64 and image
-decoding run in a thread pool (OpenCV releases the GIL); each model's batcher
-feeds its one worker thread. The event loop itself only moves bytes.
+(``cloud.hotpath``), or FastAPI's own stack and router for the rest. Bodies are
+read under a size limit; JSON parsing, base64 and image decoding run in a thread
+pool (OpenCV releases the GIL); each model's batcher feeds its instances' worker
+threads. The event loop itself only moves bytes.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from pathlib import Path
 from typing import Literal, Mapping, Sequence, Union
 
 from fastapi import FastAPI, Query, Request
-from starlette.types import ASGIApp, Receive, Scope, Send
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge_sdk.bundle import Bundle, load_bundle
 from edge_sdk.errors import BundleError, InvalidImageError
@@ -49,7 +50,6 @@ def load_models(bundles: BundlesArg, settings: Settings) -> dict[str, CloudModel
     items = list(bundles.items()) if isinstance(bundles, Mapping) else [(None, b) for b in bundles]
     if not items:
         raise BundleError("no bundle to serve")
-    configure_threads(select_backend(settings.backend), plan(settings)[1])
     out: dict[str, CloudModel] = {}
     for name, b in items:
         bundle = b if isinstance(b, Bundle) else load_bundle(Path(b), verify=True)
@@ -80,11 +80,6 @@ class ServiceApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def plan(settings: Settings) -> tuple[int, int]:
-    """(model instances, threads per op) for these settings on this machine."""
-    return plan_instances(select_backend(settings.backend), settings.model_instances, settings.model_threads)
-
-
 def create_app(bundles: BundlesArg, settings: Settings | None = None) -> FastAPI:
     """A FastAPI app serving ``bundles`` (paths, loaded bundles, or a {name: bundle} mapping).
 
@@ -96,11 +91,14 @@ def create_app(bundles: BundlesArg, settings: Settings | None = None) -> FastAPI
     # only add threads that spin and steal the CPUs the model needs (measured: MobileNetV2 ran 40% slower).
     cv2.setNumThreads(1)
     metrics = Metrics()
+    backend = select_backend(settings.backend)
+    instances, threads = plan_instances(backend, settings.model_instances, settings.model_threads)
+    configure_threads(backend, threads)  # before any model loads: TensorFlow fixes it once its runtime starts
     served: dict[str, ServedModel] = {}
     for name, m in load_models(bundles, settings).items():
         batcher = Batcher(
             m.predict, max_batch_size=settings.max_batch_size, max_delay_ms=settings.max_delay_ms,
-            queue_size=settings.queue_size, instances=plan(settings)[0], name=name,
+            queue_size=settings.queue_size, instances=instances, name=name,
             on_batch=lambda n, s, _name=name: metrics.observe_batch(_name, n, s),
         )
         metrics.queue_depth.labels(name).set_function(lambda b=batcher: b.depth)

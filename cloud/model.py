@@ -81,8 +81,8 @@ def plan_instances(backend: str, instances: int = 0, threads: int = 0, cpus: int
     return instances, threads
 
 
-def configure_threads(backend: str, threads: int) -> bool:
-    """Set the backend's threads within one op (process-wide). False, with a warning, when too late to change."""
+def configure_threads(backend: str, threads: int) -> None:
+    """Set the backend's threads within one op (process-wide); a warning when it is too late to change."""
     try:
         if backend == "tensorflow":
             import tensorflow as tf
@@ -93,12 +93,9 @@ def configure_threads(backend: str, threads: int) -> bool:
             import torch
 
             torch.set_num_threads(threads)
-        else:
-            return True  # XLA sizes its own pools; on a GPU they barely matter
+        # jax: XLA sizes its own pools; on a GPU they barely matter
     except RuntimeError as e:  # TensorFlow's runtime already started in this process (e.g. in tests)
         log.warning("cannot set %s to %d thread(s) per op now (%s); keeping its current setting", backend, threads, e)
-        return False
-    return True
 
 
 def buckets_for(max_batch_size: int) -> list[int]:
