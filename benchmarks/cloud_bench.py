@@ -45,7 +45,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # cloud_server.serve_subprocess
 
 import numpy as np  # noqa: E402
-
 from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
 
 APPS = {"mobilenetv2": "MobileNetV2", "resnet50": "ResNet50"}

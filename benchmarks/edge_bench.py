@@ -29,7 +29,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # cloud_server.serve_subprocess
 
 import numpy as np  # noqa: E402
-
 from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
 
 
@@ -58,11 +57,10 @@ def _per_call_us(fn, calls: int) -> tuple[float, float]:
 
 def overhead(bundle: Path, calls: int, rounds: int = 7) -> dict:
     """Per-call cost of each SDK layer against the bare interpreter, interleaved rounds, median of rounds."""
-    from quantize.data import split_from_info
-
     from edge_sdk.bundle import load_bundle
     from edge_sdk.hybrid import HybridClassifier
     from edge_sdk.preprocess import load_image, normalize, quantize, resize
+    from quantize.data import split_from_info
 
     b = load_bundle(bundle)
     m = b.manifest
@@ -146,10 +144,10 @@ def _run_split(clf, paths, labels, batch: bool = False) -> dict:
 
 def against_server(bundle: Path) -> dict:
     from cloud_server import serve_subprocess
-    from quantize.data import split_from_info
 
     from edge_sdk.bundle import load_bundle
     from edge_sdk.hybrid import HybridClassifier
+    from quantize.data import split_from_info
 
     m = load_bundle(bundle).manifest
     test = split_from_info(m.data).test

@@ -2,7 +2,7 @@
 
 Request path: metrics -> keys, rate and size limits (plain ASGI layers in front
 of FastAPI, see :class:`ServiceApp`) -> the image-carrying POST endpoints
-(``cloud.hotpath``), or FastAPI's own stack and router for the rest. Bodies are
+(``cloud.image_endpoints``), or FastAPI's own stack and router for the rest. Bodies are
 read under a size limit; JSON parsing, base64 and image decoding run in a thread
 pool (OpenCV releases the GIL); each model's batcher feeds its instances' worker
 threads. The event loop itself only moves bytes.
@@ -14,10 +14,11 @@ import asyncio
 import gc
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal, Mapping, Sequence, Union
+from typing import Literal, Union
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,10 +30,10 @@ from edge_sdk.bundle import Bundle, load_bundle
 from edge_sdk.errors import BundleError, InvalidImageError
 from edge_sdk.preprocess import cv2
 
-from . import docs, hotpath
+from . import docs, image_endpoints
 from .batching import Batcher, BatcherClosedError, QueueFullError
 from .errors import ApiError, describe, error_response
-from .hotpath import HotPath
+from .image_endpoints import ImageEndpoints
 from .inputs import ModelInput
 from .metrics import Metrics, MetricsMiddleware
 from .model import CloudModel, configure_threads, plan_instances, select_backend
@@ -42,7 +43,7 @@ from .state import EdgeArtifact, ServedModel, ServiceState
 
 log = logging.getLogger("hybrid_vision.cloud")
 
-BundlesArg = Union[Mapping[str, Union[str, os.PathLike, Bundle]], Sequence[Union[str, os.PathLike, Bundle]]]
+BundlesArg = Union[Mapping[str, str | os.PathLike | Bundle], Sequence[str | os.PathLike | Bundle]]
 
 
 def load_models(bundles: BundlesArg, settings: Settings) -> dict[str, CloudModel]:
@@ -63,7 +64,7 @@ def load_models(bundles: BundlesArg, settings: Settings) -> dict[str, CloudModel
 class ServiceApp(FastAPI):
     """FastAPI with the service's plain ASGI layers in front of it rather than inside its middleware stack.
 
-    HTTP requests go through ``front`` (metrics, keys and limits, the hot path) first; only what the hot
+    HTTP requests go through ``front`` (metrics, keys and limits, the image endpoints) first; only what the image
     path does not serve reaches FastAPI's own stack (its error and telemetry middlewares, the router).
     Measured on 2 cores at full load, that stack cost a fifth of the event loop's time per image request.
     """
@@ -133,13 +134,13 @@ def create_app(bundles: BundlesArg, settings: Settings | None = None) -> FastAPI
     app.state.hv = state
     _add_error_handlers(app, state)
     _add_routes(app, state)
-    # built innermost first: metrics -> security -> hot path -> FastAPI's own stack and router
-    front: ASGIApp = HotPath(app.fastapi_stack, state=state)
+    # built innermost first: metrics -> security -> image endpoints -> FastAPI's own stack and router
+    front: ASGIApp = ImageEndpoints(app.fastapi_stack, state=state)
     limiter = RateLimiter(settings.rate_limit_rps, settings.burst) if settings.rate_limit_rps > 0 else None
     front = SecurityMiddleware(front, keys=KeyChecker(settings.key_values()), limiter=limiter,
                                max_body_bytes=settings.max_body_bytes)
     app.front = MetricsMiddleware(front, metrics=metrics, routes=app.router.routes,
-                                  hot_label=lambda scope: hotpath.label(scope, settings.bench_endpoints))
+                                  hot_label=lambda scope: image_endpoints.label(scope, settings.bench_endpoints))
     docs.install(app, settings.bench_endpoints, sorted(served))
     return app
 
@@ -163,7 +164,7 @@ async def _warm_up(state: ServiceState) -> None:
     log.info("ready: %s", ", ".join(f"{n} ({sm.model.backend})" for n, sm in state.models.items()))
 
 
-# --- routes (the image-carrying POSTs are in hotpath.py) ---------------------
+# --- routes (the image-carrying POSTs are in image_endpoints.py) ---------------------
 
 
 def _add_routes(app: FastAPI, state: ServiceState) -> None:

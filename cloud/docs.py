@@ -1,4 +1,4 @@
-"""The OpenAPI description of the endpoints ``cloud.hotpath`` serves outside FastAPI's router.
+"""The OpenAPI description of the endpoints ``cloud.image_endpoints`` serves outside FastAPI's router.
 
 The functions below are never mounted or called: they exist so FastAPI can
 describe these endpoints (parameters, bodies, responses) in ``/openapi.json``

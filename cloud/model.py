@@ -22,8 +22,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -137,7 +137,7 @@ class CloudModel:
         self._call = _compiled_call(self._model, self.backend)
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, name: str | None = None, **kw) -> "CloudModel":
+    def from_path(cls, path: str | os.PathLike, name: str | None = None, **kw) -> CloudModel:
         return cls(load_bundle(path, verify=True), name=name, **kw)
 
     @property

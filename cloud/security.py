@@ -6,7 +6,7 @@ model. Keys are compared with ``hmac.compare_digest`` against every configured
 key, so timing reveals neither which key nor how much of one matched. Keys are
 never logged; a client is named by the key's index ("key0") in logs and limits.
 A declared Content-Length over the limit is refused here; a body without one
-is cut off while it is read (``cloud.hotpath.read_body``).
+is cut off while it is read (``cloud.image_endpoints.read_body``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import hmac
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 

@@ -15,8 +15,8 @@ import signal
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import uvicorn
 from fastapi import FastAPI

@@ -31,7 +31,7 @@ class EdgeArtifact:
     manifest_etag: str
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle) -> "EdgeArtifact | None":
+    def from_bundle(cls, bundle: Bundle) -> EdgeArtifact | None:
         if not bundle.has("edge"):
             return None
         path = bundle.model_path("edge")

@@ -11,9 +11,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -110,7 +111,7 @@ class Bundle:
         return f"Bundle({str(self.path)!r}, name={self.manifest.name!r}, models={sorted(self.manifest.models)})"
 
 
-def sha256_file(path: Union[str, Path]) -> str:
+def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -118,7 +119,7 @@ def sha256_file(path: Union[str, Path]) -> str:
     return h.hexdigest()
 
 
-def load_bundle(path: Union[str, Path], *, verify: bool = True) -> Bundle:
+def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Read and check a bundle; any defect is a BundleError naming the file and cause."""
     path = Path(path)
     if not path.is_dir():
@@ -143,7 +144,7 @@ def load_bundle(path: Union[str, Path], *, verify: bool = True) -> Bundle:
     return Bundle(path, manifest)
 
 
-def write_bundle(dest: Union[str, Path], manifest: Manifest, files: Mapping[str, Union[str, Path, bytes]]) -> Bundle:
+def write_bundle(dest: str | Path, manifest: Manifest, files: Mapping[str, str | Path | bytes]) -> Bundle:
     """Write a bundle atomically. ``files`` maps names inside the bundle to a source path or bytes.
 
     Every model named in the manifest must be among ``files``; its sha256 is
@@ -177,9 +178,9 @@ def write_bundle(dest: Union[str, Path], manifest: Manifest, files: Mapping[str,
     return Bundle(dest, manifest)
 
 
-def update_bundle(bundle: Bundle, manifest: Manifest, new_files: Mapping[str, Union[str, Path, bytes]]) -> Bundle:
+def update_bundle(bundle: Bundle, manifest: Manifest, new_files: Mapping[str, str | Path | bytes]) -> Bundle:
     """Write a new version of ``bundle`` over itself: every file it has, plus (or replaced by) ``new_files``."""
-    files: dict[str, Union[str, Path, bytes]] = {
+    files: dict[str, str | Path | bytes] = {
         p.name: p for p in bundle.path.iterdir() if p.is_file() and p.name not in (MANIFEST, LABELS)
     }
     files.update(new_files)

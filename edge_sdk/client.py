@@ -19,11 +19,12 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import requests
@@ -175,7 +176,7 @@ class CloudClient:
 
     # --- over-the-air update ---------------------------------------------------
 
-    def get(self, path: str, deadline: float, headers: Mapping[str, str] | None = None, sink: "Sink | None" = None) -> _Reply:
+    def get(self, path: str, deadline: float, headers: Mapping[str, str] | None = None, sink: Sink | None = None) -> _Reply:
         """A GET through the same retries, breaker and deadline; any status is returned, errors raise.
 
         With ``sink``, a 200 body is streamed into it (reset before each attempt) instead of kept in memory.
@@ -185,7 +186,7 @@ class CloudClient:
 
     # --- transport -------------------------------------------------------------
 
-    def _call(self, method: str, url: str, body: bytes | None, headers: dict, deadline: float, sink: "Sink | None" = None,
+    def _call(self, method: str, url: str, body: bytes | None, headers: dict, deadline: float, sink: Sink | None = None,
               parse: Callable[[_Reply], Any] | None = None) -> tuple[_Reply, int, int]:
         """Breaker, retries and deadline around one logical request; returns (reply, attempts, bytes sent).
 

@@ -12,9 +12,10 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -158,7 +159,7 @@ class HybridClassifier:
     @classmethod
     def from_bundle(
         cls,
-        path: Union[str, Path, Bundle],
+        path: str | Path | Bundle,
         cloud_url: str | None = None,
         api_key: str | None = None,
         mode: str = "auto",
@@ -176,7 +177,7 @@ class HybridClassifier:
         max_retries: int = 2,
         breaker: CircuitBreaker | None = None,
         **kw: Any,
-    ) -> "HybridClassifier":
+    ) -> HybridClassifier:
         """Load a bundle (checksums verified) and its int8 model; a model that fails to load is not fatal
         while a cloud can answer: predictions then go to the cloud with reason ``model_unavailable``."""
         bundle = path if isinstance(path, Bundle) else load_bundle(path)
@@ -367,7 +368,7 @@ class HybridClassifier:
         if self.cloud is not None:
             self.cloud.close()
 
-    def __enter__(self) -> "HybridClassifier":
+    def __enter__(self) -> HybridClassifier:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -27,8 +27,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Mapping
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -93,7 +94,7 @@ def parse_manifest(content: bytes) -> tuple[Manifest, str]:
 
 
 def check_for_update(
-    clf: "HybridClassifier",
+    clf: HybridClassifier,
     *,
     deadline_ms: float = 60_000.0,
     max_bytes: int = 256 * 1024 * 1024,
@@ -138,7 +139,7 @@ def check_for_update(
                         persisted=persist and persist_error is None, persist_error=persist_error)
 
 
-def _persist(clf: "HybridClassifier", tmp: str, server: Manifest) -> str | None:
+def _persist(clf: HybridClassifier, tmp: str, server: Manifest) -> str | None:
     """Write the verified model, its quantization and threshold into the bundle on disk; None, or why not."""
     local = clf.bundle.manifest
     name = local.models["edge"].file if "edge" in local.models else server.models["edge"].file
@@ -153,7 +154,7 @@ def _persist(clf: "HybridClassifier", tmp: str, server: Manifest) -> str | None:
     return None
 
 
-def _get(clf: "HybridClassifier", path: str, deadline: float, headers: Mapping[str, str], sink):
+def _get(clf: HybridClassifier, path: str, deadline: float, headers: Mapping[str, str], sink):
     try:
         return clf.cloud.get(path, deadline, headers=headers, sink=sink)
     except CloudError as e:
@@ -170,7 +171,7 @@ def _check_headers(got: str, headers: Mapping[str, Any]) -> None:
             raise UpdateError(f"corrupt download: sha256 {got[:12]}… does not match the {what} {want[:12]}…")
 
 
-def _verify_and_load(clf: "HybridClassifier", tmp: str, got: str, manifest: Manifest, manifest_sha: str) -> LocalModel:
+def _verify_and_load(clf: HybridClassifier, tmp: str, got: str, manifest: Manifest, manifest_sha: str) -> LocalModel:
     edge = manifest.models.get("edge")
     if edge is None or edge.format != "tflite-int8":
         raise UpdateError("the server's manifest has no tflite-int8 edge model")

@@ -8,7 +8,8 @@ preprocessed, exactly the model's input shape), NHWC, data flattened row-major.
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field

@@ -16,8 +16,9 @@ import hashlib
 import importlib
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any
 
 import cv2
 import numpy as np
@@ -123,7 +124,7 @@ class LocalModel:
 
     def __init__(
         self,
-        model: Union[str, Path, bytes],
+        model: str | Path | bytes,
         *,
         num_threads: int | None = None,
         backend: str | Sequence[str] | None = None,
@@ -178,7 +179,7 @@ class LocalModel:
     @classmethod
     def from_bundle(
         cls, bundle, *, num_threads: int | None = None, backend: str | Sequence[str] | None = None
-    ) -> "LocalModel":
+    ) -> LocalModel:
         """The bundle's ``edge`` model (format tflite-int8), checked against the manifest's sha256 and quantization."""
         m = bundle.manifest.models.get("edge")
         if m is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from edge_sdk import HybridClassifier, HybridVisionError
 from edge_sdk.capacity import ProbeResult, default_probes

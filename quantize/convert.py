@@ -12,12 +12,13 @@ import contextlib
 import io
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 
-from .qerrors import ConversionError
+from .errors import ConversionError
 
 QUANTIZERS = ("tflite-converter", "ai-edge-quantizer")
 Quantizer = Literal["tflite-converter", "ai-edge-quantizer"]
@@ -114,7 +115,8 @@ def _tflite_converter_int8(model, rep: np.ndarray, io_dtype: str, progress: bool
 def _ai_edge_quantizer_int8(model, rep: np.ndarray, io_dtype: str, progress: bool) -> bytes:
     """ai-edge-quantizer's static int8 recipe over the fp32 TFLite model (it keeps int8 I/O)."""
     try:
-        from ai_edge_quantizer import quantizer as aeq, recipe
+        from ai_edge_quantizer import quantizer as aeq
+        from ai_edge_quantizer import recipe
     except ImportError as e:
         raise ConversionError("quantizer 'ai-edge-quantizer' needs: pip install ai-edge-quantizer") from e
     if io_dtype != "int8":

@@ -21,10 +21,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from edge_sdk.bundle import Bundle, load_bundle, write_bundle
 from edge_sdk.errors import HybridVisionError
@@ -201,7 +202,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             seconds["quantize"] = round(time.perf_counter() - t, 1)
         bundles = {name: load_bundle(p) for name, p in paths.items()}
 
-        from .service import CloudService
+        from .service_process import CloudService
 
         key = secrets.token_urlsafe(24)
         _say("[3/4] starting the cloud service (hybrid-vision serve) on a free loopback port, with an API key")

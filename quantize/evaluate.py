@@ -19,9 +19,10 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -286,7 +287,7 @@ class Tradeoff:
     measured: tuple[float, float] | None = None  # (offload, accuracy) of the hybrid row, if run separately
 
     @classmethod
-    def from_report(cls, report: dict[str, Any], title: str = "") -> "Tradeoff":
+    def from_report(cls, report: dict[str, Any], title: str = "") -> Tradeoff:
         """Rebuild from an evaluate report.json (its "tradeoff", and the hybrid row when it was run over HTTP)."""
         from .calibrate import Curve
 
@@ -391,14 +392,14 @@ class Evaluation:
 
 
 def evaluate_bundle(
-    bundle_path: Union[str, Path, Bundle],
+    bundle_path: str | Path | Bundle,
     data: str = "digits",
     *,
     cloud_url: str | None = None,
     api_key: str | None = None,
     cloud_model: str | None = None,
     upload: str = "jpeg",
-    out_dir: Union[str, Path, None] = None,
+    out_dir: str | Path | None = None,
     deadline_ms: float = 10_000.0,
     progress: bool = True,
     title: str | None = None,

@@ -13,7 +13,7 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -23,15 +23,15 @@ from edge_sdk.errors import HybridVisionError
 from . import data as data_mod
 from .calibrate import calibrate, plot_curves
 from .convert import Quantizer, check_classifier, convert_fp32, convert_int8
-from .metrics import classification_summary, plot_confusion
-from .ops import list_ops, non_int8_ops, op_counts
-from .qerrors import (  # noqa: F401  (re-exported: quantize.pipeline.QuantizeError is the public name)
+from .errors import (  # noqa: F401  (re-exported: quantize.pipeline.QuantizeError is the public name)
     AccuracyDropError,
     CalibrationDataError,
     ConversionError,
     FloatOpsError,
     QuantizeError,
 )
+from .metrics import classification_summary, plot_confusion
+from .ops import list_ops, non_int8_ops, op_counts
 from .tflite_eval import compare_latency, io_quant, run_tflite
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _load_keras(path: Path):
     return load_safe(path, QuantizeError)
 
 
-def calibration_items(calib_dir: Union[str, Path], num: int) -> list[tuple[Path, int]]:
+def calibration_items(calib_dir: str | Path, num: int) -> list[tuple[Path, int]]:
     """A stratified sample of an ImageFolder (one sub-folder per class, at least two classes)."""
     root = Path(calib_dir).expanduser()
     if not root.is_dir():
@@ -64,7 +64,7 @@ def calibration_items(calib_dir: Union[str, Path], num: int) -> list[tuple[Path,
     return data_mod.stratified_sample(items, num)
 
 
-def evaluation_split(bundle: Bundle, calib_dir: Union[str, Path, None]) -> data_mod.Split:
+def evaluation_split(bundle: Bundle, calib_dir: str | Path | None) -> data_mod.Split:
     """The bundle's own train/val/test split; a bundle without one (imported) splits --calib instead."""
     labels = bundle.labels
     if bundle.manifest.data is not None:
@@ -106,9 +106,9 @@ def _versions() -> dict[str, str]:
 
 
 def quantize_bundle(
-    bundle_path: Union[str, Path],
+    bundle_path: str | Path,
     *,
-    calib_dir: Union[str, Path, None] = None,
+    calib_dir: str | Path | None = None,
     num_calib: int = 300,
     io_dtype: str = "int8",
     max_drop: float = 1.0,

@@ -49,7 +49,7 @@ class TrainConfig:
     test_fraction: float = 0.15
     progress: bool = True
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         digits = self.data == "digits"
         c = TrainConfig(**asdict(self))
         c.input_size = c.input_size or (data_mod.DIGITS_SIZE if digits else 96)

@@ -20,19 +20,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
     from cloud.server import ThreadedServer
 
 REPO = Path(__file__).resolve().parent.parent
-BundlesArg = Union[Sequence[Union[str, os.PathLike]], Mapping[str, Union[str, os.PathLike]]]
+BundlesArg = Union[Sequence[str | os.PathLike], Mapping[str, str | os.PathLike]]
 
 
 @contextmanager
-def serve_app_in_thread(bundles: BundlesArg, **settings_overrides) -> Iterator["ThreadedServer"]:
+def serve_app_in_thread(bundles: BundlesArg, **settings_overrides) -> Iterator[ThreadedServer]:
     """Like :func:`serve_in_thread`, but yields the ThreadedServer (``.url``, ``.app``; ``.app.state.hv`` is
     the service state: models, batchers, metrics)."""
     from cloud.app import create_app

@@ -126,7 +126,7 @@ class FaultProxy:
         self._stop_listening()
         self._close_conns()
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -157,7 +157,7 @@ class FaultProxy:
         while not self._stop.is_set() and self._listener is listener:
             try:
                 client, _ = listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -304,7 +304,7 @@ def _recv_until(s: socket.socket, closed: threading.Event, buf: bytes, done) -> 
             return None
         try:
             chunk = s.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             continue
         if not chunk:
             return None

@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import pytest
 import requests
-
 from cloud_server import serve_app_in_thread
 from edge_helpers import cached_tiny_bundle
+
 from edge_sdk.bundle import load_bundle, sha256_file
 from edge_sdk.preprocess import encode_jpeg, encode_png, preprocess
 from edge_sdk.protocol import images_request, parse_outputs, tensor_request

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 import requests
-
 from cloud_server import serve_subprocess
+
 from edge_sdk.bundle import load_bundle
 from edge_sdk.protocol import images_request, parse_outputs
 

@@ -8,11 +8,11 @@ import time
 
 import numpy as np
 import pytest
+from edge_helpers import cached_tiny_bundle, tiny_keras
 
 from cloud.batching import Batcher, BatcherClosedError, QueueFullError
 from cloud.security import KeyChecker, RateLimiter, presented_key
 from cloud.settings import Settings, SettingsError, load_settings, read_api_key_file
-from edge_helpers import cached_tiny_bundle, tiny_keras
 from edge_sdk.bundle import BundleError, Manifest, ModelFile, write_bundle
 from edge_sdk.preprocess import InputSpec, PreprocessSpec
 
@@ -183,7 +183,7 @@ def test_classify_body_is_json_for_any_label():
     import json
     from types import SimpleNamespace
 
-    from cloud.hotpath import classify_body
+    from cloud.image_endpoints import classify_body
     from cloud.state import ServedModel
 
     labels = ['say "hi"', "naïve\\path", "ok"]

@@ -157,20 +157,18 @@ def test_sigterm_and_sighup_interrupt_like_ctrl_c():
 
     before = signal.getsignal(signal.SIGTERM)
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        with pytest.raises(KeyboardInterrupt, match=sig.name):
-            with signals_interrupt():
-                os.kill(os.getpid(), sig)
-                time.sleep(5)  # the handler raises long before this ends
+        with pytest.raises(KeyboardInterrupt, match=sig.name), signals_interrupt():
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the handler raises long before this ends
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored afterwards
 
 
 def test_a_service_that_cannot_start_is_a_clear_error(tmp_path):
-    from quantize.service import CloudService, ServiceError
+    from quantize.service_process import CloudService, ServiceError
 
     # a bad option: the child fails fast, before loading anything
     svc = CloudService([tmp_path], args=["--max-batch-size", "many"], log_path=tmp_path / "serve.log", progress=False)
-    with pytest.raises(ServiceError, match="exited with status 2 before it was ready") as e:
-        with svc:
-            pass
+    with pytest.raises(ServiceError, match="exited with status 2 before it was ready") as e, svc:
+        pass
     assert "invalid int value: 'many'" in str(e.value)  # the log tail says why
     assert svc.proc.poll() is not None

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import requests
 import responses
-
 from edge_helpers import SIZE, cached_tiny_bundle, tiny_images
+
 from edge_sdk.breaker import CircuitBreaker
 from edge_sdk.client import CloudClient, _parse_retry_after, deadline_after
 from edge_sdk.errors import CloudError, CloudUnavailableError, InvalidImageError

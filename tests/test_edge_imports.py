@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from edge_helpers import cached_tiny_bundle, tiny_images
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ import threading
 import numpy as np
 import pytest
 import requests
-
 from cloud_server import serve_in_thread
+
 from edge_sdk.bundle import ModelFile, load_bundle, write_bundle
 from edge_sdk.errors import CloudUnavailableError
 from edge_sdk.hybrid import HybridClassifier

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import requests
 import responses
-
 from edge_helpers import cached_tiny_bundle, tiny_images
+
 from edge_sdk.bundle import load_bundle
 from edge_sdk.errors import UpdateError
 from edge_sdk.hybrid import HybridClassifier

@@ -10,7 +10,13 @@ import pytest
 
 from edge_sdk.breaker import CircuitBreaker
 from edge_sdk.capacity import (
-    CpuLoadProbe, InflightProbe, MemoryProbe, ModelLoadProbe, ProbeResult, default_probes, first_failure,
+    CpuLoadProbe,
+    InflightProbe,
+    MemoryProbe,
+    ModelLoadProbe,
+    ProbeResult,
+    default_probes,
+    first_failure,
 )
 from edge_sdk.policy import Decision, after_cloud_failure, confidence, edge_skip_reason, is_confident, route
 

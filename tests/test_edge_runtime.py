@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 import pytest
-
 from edge_helpers import SIZE, cached_tiny_bundle, tiny_images
+
 from edge_sdk.bundle import load_bundle
 from edge_sdk.errors import ModelLoadError
 from edge_sdk.hybrid import HybridClassifier
@@ -153,7 +153,6 @@ def test_swap_while_predicting_never_mixes_models(tiny, tiny_b):
 
 def test_swap_refuses_a_model_for_another_input(tiny, tmp_path):
     import keras
-
     from edge_helpers import to_int8
 
     inp = keras.Input((SIZE * 2, SIZE * 2, 1))

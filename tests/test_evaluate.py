@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cloud_server import serve_in_thread
+
 from edge_sdk.bundle import load_bundle
 from edge_sdk.cli import main as cli_main
 from quantize.evaluate import EvaluateError, evaluate_bundle, format_table, resolve_data

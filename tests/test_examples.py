@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cloud_server import serve_in_thread
 
 REPO = Path(__file__).resolve().parent.parent

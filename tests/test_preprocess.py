@@ -15,7 +15,15 @@ from hypothesis.extra.numpy import arrays
 from edge_sdk.errors import InvalidImageError
 from edge_sdk.imageinfo import read_info
 from edge_sdk.preprocess import (
-    ImageLimits, InputSpec, PreprocessSpec, QuantParams, dequantize, load_image, preprocess, quantize, resize,
+    ImageLimits,
+    InputSpec,
+    PreprocessSpec,
+    QuantParams,
+    dequantize,
+    load_image,
+    preprocess,
+    quantize,
+    resize,
 )
 
 RGB_SPEC = InputSpec(height=24, width=24, channels=3, color="RGB")

@@ -7,7 +7,6 @@ Every test module here sets ``pytestmark = pytest.mark.reliability``
 from __future__ import annotations
 
 import pytest
-
 from cloud_server import serve_app_in_thread
 from rel_helpers import KEY
 

@@ -13,7 +13,6 @@ from collections import Counter
 
 import pytest
 import requests
-
 from badinputs import corpus
 from rel_helpers import AUTH, KEY
 

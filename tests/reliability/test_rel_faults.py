@@ -16,11 +16,11 @@ import time
 
 import numpy as np
 import pytest
+from faultproxy import FaultProxy
+from rel_helpers import KEY, leaks, snapshot, sockets_to
 
 from edge_sdk.breaker import CircuitBreaker
 from edge_sdk.hybrid import HybridClassifier
-from faultproxy import FaultProxy
-from rel_helpers import KEY, leaks, snapshot, sockets_to
 
 pytestmark = pytest.mark.reliability
 

@@ -22,7 +22,6 @@ import numpy as np
 import psutil
 import pytest
 import requests
-
 from cloud_server import serve_subprocess
 
 pytestmark = pytest.mark.reliability

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from rel_helpers import KEY
 
 pytestmark = pytest.mark.reliability

@@ -23,15 +23,15 @@ import time
 import numpy as np
 import pytest
 import requests
+from cloud_server import serve_subprocess
+from faultproxy import FaultProxy
+from rel_helpers import KEY
 from starlette.routing import Route
 
 from cloud.security import PUBLIC_PATHS
-from cloud_server import serve_subprocess
 from edge_sdk.bundle import ModelFile, load_bundle, write_bundle
 from edge_sdk.errors import BundleError, CloudUnavailableError, UpdateError
 from edge_sdk.hybrid import HybridClassifier
-from faultproxy import FaultProxy
-from rel_helpers import KEY
 
 pytestmark = pytest.mark.reliability
 
@@ -56,7 +56,7 @@ def presentations() -> dict[str, dict]:
 
 def routes(app, model: str) -> list[tuple[str, str]]:
     """(method, path) of everything the app serves: its router's routes, and every operation its OpenAPI
-    document describes (which includes the endpoints served ahead of the router, see cloud.hotpath)."""
+    document describes (which includes the endpoints served ahead of the router, see cloud.image_endpoints)."""
     found = {(m, r.path) for r in app.routes if isinstance(r, Route) for m in (r.methods or ())}
     found |= {(m.upper(), path) for path, ops in app.openapi()["paths"].items() for m in ops}
     return sorted((m, p.replace("{name}", model)) for m, p in found)

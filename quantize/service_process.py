@@ -14,8 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from edge_sdk.errors import HybridVisionError
 
@@ -105,7 +105,7 @@ class CloudService:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> "CloudService":
+    def __enter__(self) -> CloudService:
         try:
             self.start()
         except BaseException:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -61,7 +61,7 @@ def label(scope: Scope, bench: bool) -> str | None:
     return TEMPLATES[hit[0]] if hit else None
 
 
-class HotPath:
+class ImageEndpoints:
     def __init__(self, app: ASGIApp, state: ServiceState):
         self.app, self.state = app, state
         self.bench = state.settings.bench_endpoints
@@ -165,7 +165,7 @@ def classify_body(sm: ServedModel, p: np.ndarray, top_k: int) -> bytes:
     labels = sm.labels_json
     top = ",".join(f'{{"label":{labels[i]},"confidence":{c!r}}}' for i, c in zip(order, conf))
     return (f'{{"model_name":{sm.name_json},"label":{labels[order[0]]},"confidence":{conf[0]!r},'
-            f'"top_k":[{top}]}}').encode("utf-8")
+            f'"top_k":[{top}]}}').encode()
 
 
 # --- ASGI plumbing ---------------------------------------------------------------
