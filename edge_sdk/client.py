@@ -10,10 +10,15 @@ crash or a silent wrong answer.
 Each HTTP attempt runs on a small worker pool and the caller waits for it at
 most until the deadline: ``requests`` timeouts bound each socket operation,
 not the whole exchange, so this is what makes the deadline hard.
+
+Tensors go as binary data (``edge_sdk.binary``) to a server whose ``GET /v2``
+lists the ``binary_tensor_data`` extension (asked once per client), else as
+JSON, which every v2 server reads; ``wire=`` fixes the choice instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -24,18 +29,23 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import requests
 
+from . import binary
 from .breaker import CircuitBreaker
 from .errors import CloudError
-from .protocol import images_request, parse_outputs, tensor_request
+from .protocol import Encoded, InferPayload, images_payload, parse_outputs, read_response, tensor_payload
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "hybrid-vision-edge/0.1"
+
+Wire = Literal["auto", "binary", "json"]
+WIRES: tuple[str, ...] = ("auto", "binary", "json")
+PROBE_MAX_S = 2.0  # the most a first call spends asking GET /v2 what the server speaks
 
 REASONS = (
     "connection",    # refused, reset, DNS: the server could not be reached
@@ -107,9 +117,14 @@ class CloudClient:
         max_workers: int = 8,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        wire: Wire = "auto",
     ):
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"cloud URL must start with http:// or https://, not {base_url!r}")
+        if wire not in WIRES:
+            raise ValueError(f"unknown wire {wire!r}; choose from {', '.join(WIRES)}")
+        self.wire = wire
+        self._speaks_binary: bool | None = None if wire == "auto" else wire == "binary"
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
         self.max_retries = max(0, int(max_retries))
@@ -158,25 +173,64 @@ class CloudClient:
 
     def infer_images(self, images: Sequence[bytes], num_classes: int, deadline: float) -> CloudResult:
         """Encoded images (JPEG/PNG bytes) -> probabilities [N, C]."""
-        return self.infer(images_request(list(images)), len(images), num_classes, deadline)
+        return self.infer(images_payload(list(images)), len(images), num_classes, deadline)
 
     def infer_tensor(self, batch: np.ndarray, num_classes: int, deadline: float) -> CloudResult:
         """An NHWC uint8 (raw RGB pixels) or float32 (preprocessed) batch -> probabilities [N, C]."""
-        return self.infer(tensor_request(batch), len(batch), num_classes, deadline)
+        return self.infer(tensor_payload(batch), len(batch), num_classes, deadline)
 
-    def infer(self, request: dict[str, Any], n: int, num_classes: int, deadline: float) -> CloudResult:
-        """Send one v2 infer request for ``n`` images and validate the answer."""
+    def infer(self, request: InferPayload | Mapping[str, Any], n: int, num_classes: int,
+              deadline: float) -> CloudResult:
+        """Send one v2 infer request for ``n`` images and validate the answer.
+
+        Args:
+            request: a payload (sent as binary tensors where the server speaks them, else JSON),
+                or a ready JSON document, sent as it is.
+            n: how many images it carries. num_classes: the probabilities' width.
+            deadline: absolute, on the ``time.monotonic`` clock (see :func:`deadline_after`).
+
+        Raises:
+            CloudError: any failure; ``reason`` says which (see :data:`REASONS`).
+        """
         t0 = time.perf_counter()
-        body = json.dumps(request, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json"}
-        reply, attempts, sent = self._call("POST", self.infer_url, body, headers, deadline,
+        if isinstance(request, InferPayload):
+            enc = request.encode(self.speaks_binary(deadline))
+        else:
+            enc = Encoded(json.dumps(request, separators=(",", ":")).encode(), {"Content-Type": "application/json"})
+        reply, attempts, sent = self._call("POST", self.infer_url, enc.body, dict(enc.headers), deadline,
                                            parse=lambda r: _parse_infer(r, n, num_classes))
         probs, labels = reply.parsed
         return CloudResult(probs, labels, sent, attempts, (time.perf_counter() - t0) * 1000)
 
+    def speaks_binary(self, deadline: float) -> bool:
+        """Whether to send binary tensor data: fixed by ``wire=``, else what ``GET /v2`` says (asked once).
+
+        A server without ``GET /v2`` (404, 405, 501) or not listing the extension gets JSON from then on. One that
+        cannot be asked now (down, slow, 5xx) gets JSON this time and is asked again on the next call. The
+        question takes at most half the time left before ``deadline`` and skips the breaker: its answer
+        only picks the encoding, and the call itself then succeeds or fails on its own.
+        """
+        known = self._speaks_binary
+        if known is not None:
+            return known
+        limit = min(PROBE_MAX_S, (deadline - time.monotonic()) / 2)
+        if limit <= 0.001 or self.breaker.state == "open":
+            return False
+        try:
+            reply = self._attempt("GET", f"{self.base_url}/v2", None, {"Accept": "application/json"}, limit)
+        except CloudError as e:
+            log.debug("GET /v2 failed (%s); sending JSON this time", e)
+            return False
+        answer = _lists_binary(reply)
+        if answer is not None:
+            self._speaks_binary = answer
+            log.debug("%s %s binary tensor data", self.base_url, "speaks" if answer else "does not speak")
+        return bool(answer)
+
     # --- over-the-air update ---------------------------------------------------
 
-    def get(self, path: str, deadline: float, headers: Mapping[str, str] | None = None, sink: Sink | None = None) -> _Reply:
+    def get(self, path: str, deadline: float, headers: Mapping[str, str] | None = None,
+            sink: Sink | None = None) -> _Reply:
         """A GET through the same retries, breaker and deadline; any status is returned, errors raise.
 
         With ``sink``, a 200 body is streamed into it (reset before each attempt) instead of kept in memory.
@@ -194,7 +248,8 @@ class CloudClient:
         so a server that answers 200 with garbage counts as failing, not as healthy.
         """
         if not self.breaker.allow():
-            raise CloudError("circuit breaker is open: the cloud failed repeatedly; waiting for the cool-down", "circuit_open")
+            raise CloudError("circuit breaker is open: the cloud failed repeatedly; waiting for the cool-down",
+                             "circuit_open")
         try:
             reply, attempts, sent = self._with_retries(method, url, body, headers, deadline, sink)
             if reply.status >= 500 or reply.status in (401, 403, 404, 429):
@@ -300,19 +355,38 @@ def _interrupt(started: list) -> None:
     """Stop a worker still reading an answer nobody waits for. A body that trickles in a byte at a
     time never trips the per-read timeout, so without this the worker and its socket stay busy."""
     for r in started:
-        try:
-            r.raw.shutdown()  # urllib3 >= 2.3; the reader then fails and its connection is discarded
-        except (AttributeError, NotImplementedError, RuntimeError, ValueError, OSError):
-            pass  # already finished (or an older urllib3: the per-read timeout ends it)
+        # urllib3 >= 2.3; the reader then fails and its connection is discarded. An error means it had
+        # already finished (or an older urllib3: the per-read timeout ends it).
+        with contextlib.suppress(AttributeError, NotImplementedError, RuntimeError, ValueError, OSError):
+            r.raw.shutdown()
 
 
 def _parse_infer(reply: _Reply, n: int, num_classes: int) -> tuple[np.ndarray, list[str] | None]:
     if reply.status != 200:
         raise _status_error(reply)
     try:
-        return parse_outputs(json.loads(reply.content), n, num_classes)
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and pydantic's ValidationError included
+        body, data = read_response(reply.content, reply.headers.get(binary.HEADER_LENGTH))
+        return parse_outputs(body, n, num_classes, data)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, ProtocolError, pydantic's ValidationError
         raise CloudError(f"malformed infer response: {_short(e)}", "bad_response", reply.status) from None
+
+
+def _lists_binary(reply: _Reply) -> bool | None:
+    """Whether a ``GET /v2`` answer lists the binary extension; None when it cannot tell (ask again later).
+
+    A 4xx that is about the route (404, 405, 400, ...) means a server without server metadata: JSON it is.
+    Auth, rate limits, timeouts and 5xx (but 501, "no such method") say nothing yet.
+    """
+    if reply.status == 501 or (400 <= reply.status < 500 and reply.status not in (401, 403, 408, 429)):
+        return False
+    if reply.status != 200:
+        return None
+    try:
+        meta = json.loads(reply.content)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    extensions = meta.get("extensions") if isinstance(meta, dict) else None
+    return isinstance(extensions, list) and binary.EXTENSION in extensions
 
 
 def _timeout_error(by_deadline: bool, limit: float) -> CloudError:

@@ -5,7 +5,11 @@
 * ``original``: the bytes the caller gave (a file's or an encoded buffer's);
   arrays are PNG-encoded, losslessly. Largest, but the cloud sees everything.
 * ``tensor``: the resized pixels as a UINT8 NHWC tensor (RGB, or grey for a
-  1-channel model): no codec on either side, at the price of JSON numbers on the wire.
+  1-channel model): no codec on either side.
+
+Each is an :class:`~edge_sdk.protocol.InferPayload`; the client puts it on the
+wire as binary tensor data (raw pixels, raw image bytes) where the server says
+it speaks the extension, else as JSON (numbers, base64).
 """
 
 from __future__ import annotations
@@ -14,13 +18,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .errors import InvalidImageError
 from .preprocess import ImageInput, cv2, encode_jpeg, encode_png
-from .protocol import images_request, tensor_request
+from .protocol import PROBS_OUTPUT, InferPayload, images_payload, tensor_payload
 
 UPLOADS: tuple[str, ...] = ("jpeg", "original", "tensor")
 
@@ -40,8 +43,11 @@ def check_upload(upload: str) -> str:
     return upload
 
 
-def build_request(items: Sequence[Staged], upload: str, channels: int = 3, jpeg_quality: int = 90) -> dict[str, Any]:
-    """The KServe v2 infer request carrying ``items`` as ``upload`` says.
+ASKED = (PROBS_OUTPUT,)  # all the SDK reads; a server need not send (or even have) the label output
+
+
+def build_request(items: Sequence[Staged], upload: str, channels: int = 3, jpeg_quality: int = 90) -> InferPayload:
+    """The KServe v2 infer request carrying ``items`` as ``upload`` says, asking for the probabilities.
 
     For a 1-channel model a tensor upload carries grey pixels (a third of the
     bytes): the server's preprocessing turns them back into exactly the grey
@@ -49,12 +55,13 @@ def build_request(items: Sequence[Staged], upload: str, channels: int = 3, jpeg_
     """
     if upload == "tensor":
         if channels == 1:
-            return tensor_request(np.stack([cv2.cvtColor(s.resized, cv2.COLOR_RGB2GRAY)[..., None] for s in items]))
-        return tensor_request(np.stack([s.resized for s in items]))
+            grey = np.stack([cv2.cvtColor(s.resized, cv2.COLOR_RGB2GRAY)[..., None] for s in items])
+            return tensor_payload(grey, outputs=ASKED)
+        return tensor_payload(np.stack([s.resized for s in items]), outputs=ASKED)
     if upload == "jpeg":
-        return images_request([encode_jpeg(s.resized, jpeg_quality) for s in items])
+        return images_payload([encode_jpeg(s.resized, jpeg_quality) for s in items], outputs=ASKED)
     if upload == "original":
-        return images_request([original_bytes(s) for s in items])
+        return images_payload([original_bytes(s) for s in items], outputs=ASKED)
     raise ValueError(f"unknown upload {upload!r}; choose from {', '.join(UPLOADS)}")
 
 

@@ -52,9 +52,18 @@ def ok_callback(request):
 
 
 def make(tiny, base=BASE, *, threshold=0.99, deadline_ms=2000, **kw):
-    """A classifier whose edge is always unsure (threshold 0.99 on a tiny random model), so it asks the cloud."""
+    """A classifier whose edge is always unsure (threshold 0.99 on a tiny random model), so it asks the cloud.
+
+    The mocked cloud is a v2 server without ``GET /v2`` (404), so the SDK talks JSON to it.
+    """
+    responses.get(f"{BASE}/v2", status=404, json={"error": "not found"})
     kw.setdefault("probes", [])
     return HybridClassifier.from_bundle(tiny, cloud_url=base, threshold=threshold, deadline_ms=deadline_ms, **kw)
+
+
+def infer_calls() -> list:
+    """The mocked infer requests (the SDK's one ``GET /v2`` left out)."""
+    return [c for c in responses.calls if c.request.method == "POST"]
 
 
 @pytest.fixture
@@ -76,7 +85,7 @@ def test_unsure_edge_asks_cloud_with_a_v2_request(tiny, edge_answer):
     assert (p.source, p.reason, p.label) == ("cloud", "low_confidence", "c2")
     assert p.cloud_confidence == pytest.approx(0.9) and p.edge_confidence == pytest.approx(edge.confidence)
     assert p.cloud_error is None and {"preprocess", "edge", "cloud", "total"} <= set(p.latency_ms)
-    req = responses.calls[0].request
+    req = infer_calls()[0].request
     assert req.headers["Authorization"] == "Bearer s3cret"
     assert "s3cret" not in repr(clf.cloud)
     body = json.loads(req.body)
@@ -99,14 +108,14 @@ def test_upload_tensor_and_original(tiny, tmp_path):
     big = cv2.resize(img, (SIZE * 4, SIZE * 4), interpolation=cv2.INTER_NEAREST)
     cv2.imwrite(str(path), big)
     assert make(tiny, upload="tensor").predict(img).source == "cloud"
-    t = json.loads(responses.calls[0].request.body)["inputs"][0]
+    t = json.loads(infer_calls()[0].request.body)["inputs"][0]
     assert (t["datatype"], t["shape"]) == ("UINT8", [1, SIZE, SIZE, 1])  # a grey model gets grey pixels
     grey = cv2.cvtColor(np.ascontiguousarray(img[..., ::-1]), cv2.COLOR_RGB2GRAY)  # BGR in -> RGB -> grey
     assert np.array_equal(np.asarray(t["data"], np.uint8).reshape(SIZE, SIZE), grey)
     make(tiny, upload="original").predict(str(path))
-    assert base64.b64decode(json.loads(responses.calls[1].request.body)["inputs"][0]["data"][0]) == path.read_bytes()
+    assert base64.b64decode(json.loads(infer_calls()[1].request.body)["inputs"][0]["data"][0]) == path.read_bytes()
     make(tiny, upload="original").predict(img)  # an array: sent as lossless PNG of the full image
-    png = base64.b64decode(json.loads(responses.calls[2].request.body)["inputs"][0]["data"][0])
+    png = base64.b64decode(json.loads(infer_calls()[2].request.body)["inputs"][0]["data"][0])
     assert np.array_equal(decode_bytes(png), img[..., ::-1])
 
 
@@ -115,7 +124,7 @@ def test_confident_edge_never_calls_cloud(tiny, edge_answer):
     img, edge = edge_answer
     p = make(tiny, threshold=0.01).predict(img)
     assert (p.source, p.reason, p.label) == ("edge", "confident", edge.label)
-    assert len(responses.calls) == 0 and p.bytes_sent == 0
+    assert len(infer_calls()) == 0 and p.bytes_sent == 0
 
 
 # --- the fault matrix ------------------------------------------------------------------------
@@ -147,7 +156,7 @@ def test_fault_yields_edge_answer_with_reason(tiny, edge_answer, name, mock, rea
     assert (p.source, p.reason) == ("edge", reason)
     assert p.label == edge.label and p.confidence == pytest.approx(edge.confidence)
     assert p.cloud_error and p.cloud_confidence is None
-    assert len(responses.calls) == calls  # retries only on connection errors and 503
+    assert len(infer_calls()) == calls  # retries only on connection errors and 503
     assert clf.stats()["by_reason"] == {reason: 1}
 
 
@@ -160,8 +169,8 @@ def test_503_retry_after_is_honoured_then_succeeds(tiny, edge_answer):
     p = make(tiny).predict(img)
     assert (p.source, p.reason) == ("cloud", "low_confidence")
     assert time.perf_counter() - t >= 0.2
-    assert len(responses.calls) == 2
-    assert p.bytes_sent == 2 * len(responses.calls[0].request.body)  # both attempts counted
+    assert len(infer_calls()) == 2
+    assert p.bytes_sent == 2 * len(infer_calls()[0].request.body)  # both attempts counted
 
 
 @responses.activate
@@ -171,7 +180,7 @@ def test_503_retry_after_beyond_the_deadline_is_not_waited_for(tiny, edge_answer
     t = time.perf_counter()
     p = make(tiny, deadline_ms=500).predict(img)
     assert (p.source, p.reason, p.label) == ("edge", "cloud_error:overloaded", edge.label)
-    assert time.perf_counter() - t < 0.3 and len(responses.calls) == 1
+    assert time.perf_counter() - t < 0.3 and len(infer_calls()) == 1
 
 
 @responses.activate
@@ -209,7 +218,7 @@ def test_invalid_image_raises_before_any_call(tiny):
     for bad in (b"", b"not an image", np.zeros((4, 4, 2), np.uint8), np.zeros((4, 4, 3), np.float32), 42):
         with pytest.raises(InvalidImageError):
             clf.predict(bad)
-    assert len(responses.calls) == 0
+    assert len(infer_calls()) == 0
     assert clf.stats()["errors"] == {"invalid_image": 5}
 
 
@@ -231,7 +240,7 @@ def test_breaker_opens_then_half_opens_and_closes(tiny, edge_answer):
     clf = make(tiny, breaker=CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=clock))
     reasons = [clf.predict(img).reason for _ in range(5)]
     assert reasons == ["cloud_error:http_500"] * 3 + ["circuit_open"] * 2
-    assert len(responses.calls) == 3  # no calls while open
+    assert len(infer_calls()) == 3  # no calls while open
     assert clf.stats()["breaker"]["state"] == "open"
     clock.t = 30  # cool-down over: one probe; the server has recovered
     responses.reset()
@@ -239,7 +248,7 @@ def test_breaker_opens_then_half_opens_and_closes(tiny, edge_answer):
     assert clf.stats()["breaker"]["state"] == "half_open"
     p = clf.predict(img)
     assert (p.source, p.reason) == ("cloud", "low_confidence")
-    assert clf.stats()["breaker"]["state"] == "closed" and len(responses.calls) == 1
+    assert clf.stats()["breaker"]["state"] == "closed" and len(infer_calls()) == 1
 
 
 @responses.activate
@@ -266,8 +275,8 @@ def test_batch_sends_only_the_unsure_ones_in_one_request(tiny):
     assert 0 < len(unsure) < len(imgs)
     responses.add_callback(responses.POST, URL, callback=ok_callback)
     preds = make(tiny, threshold=threshold).predict_batch(imgs)
-    assert len(responses.calls) == 1
-    assert json.loads(responses.calls[0].request.body)["inputs"][0]["shape"] == [len(unsure)]
+    assert len(infer_calls()) == 1
+    assert json.loads(infer_calls()[0].request.body)["inputs"][0]["shape"] == [len(unsure)]
     assert [i for i, p in enumerate(preds) if p.source == "cloud"] == unsure
     for i, p in enumerate(preds):
         if i in unsure:
@@ -281,7 +290,7 @@ def test_batch_cloud_failure_keeps_every_edge_answer(tiny):
     imgs = tiny_images(4, seed=6)
     responses.post(URL, status=500, json={"error": "boom"})
     preds = make(tiny).predict_batch(imgs)
-    assert len(responses.calls) == 1
+    assert len(infer_calls()) == 1
     assert all(p.source == "edge" and p.reason == "cloud_error:http_500" and p.cloud_error for p in preds)
 
 
