@@ -19,9 +19,11 @@ JSON, which every v2 server reads; ``wire=`` fixes the choice instead.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -194,6 +196,8 @@ class CloudClient:
         """
         t0 = time.perf_counter()
         if isinstance(request, InferPayload):
+            if request.request_id is None:  # servers built from kserve's examples echo it, and fail without one
+                request = dataclasses.replace(request, request_id=secrets.token_hex(8))
             enc = request.encode(self.speaks_binary(deadline))
         else:
             enc = Encoded(json.dumps(request, separators=(",", ":")).encode(), {"Content-Type": "application/json"})

@@ -151,8 +151,12 @@ class InferPayload:
     outputs: tuple[str, ...] = ()
     request_id: str | None = field(default=None)
 
+    def _header(self) -> dict[str, Any]:
+        # no "id": null: the protocol's id is an optional string, and kserve's ModelServer fails (500) on a null
+        return {} if self.request_id is None else {"id": self.request_id}
+
     def json_doc(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"id": self.request_id, "inputs": [t.json_tensor() for t in self.inputs]}
+        doc: dict[str, Any] = {**self._header(), "inputs": [t.json_tensor() for t in self.inputs]}
         if self.outputs:
             doc["outputs"] = [{"name": o} for o in self.outputs]
         return doc
@@ -163,7 +167,7 @@ class InferPayload:
             body = json.dumps(self.json_doc(), separators=(",", ":"), allow_nan=False).encode()
             return Encoded(body, {"Content-Type": "application/json"})
         metas, blobs = zip(*(t.binary_tensor() for t in self.inputs), strict=True)
-        doc: dict[str, Any] = {"id": self.request_id, "inputs": list(metas)}
+        doc: dict[str, Any] = {**self._header(), "inputs": list(metas)}
         if self.outputs:
             doc["outputs"] = [{"name": o, "parameters": {binary.OUTPUT_PARAM: True}} for o in self.outputs]
         else:
