@@ -272,8 +272,8 @@ def _ready_filter(body: bytes) -> bool:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "repository index body is not valid JSON") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):
-        raise ApiError(400, 'repository index body must be {"ready": true|false} or empty')
+    if not isinstance(doc, dict) or set(doc) - {"ready"} or not isinstance(doc.get("ready", False), bool):
+        raise ApiError(400, 'repository index body must be {"ready": true|false}, {} or empty')
     return doc.get("ready", False)
 
 

@@ -12,8 +12,10 @@ most until the deadline: ``requests`` timeouts bound each socket operation,
 not the whole exchange, so this is what makes the deadline hard.
 
 Tensors go as binary data (``edge_sdk.binary``) to a server whose ``GET /v2``
-lists the ``binary_tensor_data`` extension (asked once per client), else as
-JSON, which every v2 server reads; ``wire=`` fixes the choice instead.
+lists the ``binary_tensor_data`` extension, else as JSON, which every v2 server
+reads; ``wire=`` fixes the choice instead. The question is asked once per client,
+in the background from its construction on, so no call waits for it: calls made
+before the answer go as JSON.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -47,7 +49,8 @@ USER_AGENT = "hybrid-vision-edge/0.1"
 
 Wire = Literal["auto", "binary", "json"]
 WIRES: tuple[str, ...] = ("auto", "binary", "json")
-PROBE_MAX_S = 2.0  # the most a first call spends asking GET /v2 what the server speaks
+PROBE_S = 5.0  # the most the background GET /v2 may take
+PROBE_RETRY_S = 30.0  # after a GET /v2 that said nothing (down, 5xx, slow), ask again no sooner than this
 
 REASONS = (
     "connection",    # refused, reset, DNS: the server could not be reached
@@ -127,6 +130,9 @@ class CloudClient:
             raise ValueError(f"unknown wire {wire!r}; choose from {', '.join(WIRES)}")
         self.wire = wire
         self._speaks_binary: bool | None = None if wire == "auto" else wire == "binary"
+        self._probe: Future[None] | None = None
+        self._probe_lock = threading.Lock()
+        self._next_probe = 0.0
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
         self.max_retries = max(0, int(max_retries))
@@ -146,6 +152,8 @@ class CloudClient:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="hv-cloud")
         self._bytes_lock = threading.Lock()
         self.bytes_sent = 0
+        if self._speaks_binary is None:
+            self._start_probe()
 
     def __repr__(self) -> str:  # never shows the key
         auth = "with key" if "Authorization" in self.session.headers else "no key"
@@ -160,7 +168,7 @@ class CloudClient:
         """
         self._pool.shutdown(wait=False, cancel_futures=True)
         for adapter in self.session.adapters.values():
-            pools = getattr(getattr(adapter, "poolmanager", None), "pools", None)
+            pools: Any = getattr(getattr(adapter, "poolmanager", None), "pools", None)
             for key in list(pools.keys()) if pools is not None else ():
                 pool = pools.get(key)
                 if pool is not None:
@@ -198,7 +206,7 @@ class CloudClient:
         if isinstance(request, InferPayload):
             if request.request_id is None:  # servers built from kserve's examples echo it, and fail without one
                 request = dataclasses.replace(request, request_id=secrets.token_hex(8))
-            enc = request.encode(self.speaks_binary(deadline))
+            enc = request.encode(self.speaks_binary)
         else:
             enc = Encoded(json.dumps(request, separators=(",", ":")).encode(), {"Content-Type": "application/json"})
         reply, attempts, sent = self._call("POST", self.infer_url, enc.body, dict(enc.headers), deadline,
@@ -206,30 +214,52 @@ class CloudClient:
         probs, labels = reply.parsed
         return CloudResult(probs, labels, sent, attempts, (time.perf_counter() - t0) * 1000)
 
-    def speaks_binary(self, deadline: float) -> bool:
-        """Whether to send binary tensor data: fixed by ``wire=``, else what ``GET /v2`` says (asked once).
+    @property
+    def speaks_binary(self) -> bool:
+        """Whether requests go as binary tensor data now: fixed by ``wire=``, else what ``GET /v2`` said.
 
-        A server without ``GET /v2`` (404, 405, 501) or not listing the extension gets JSON from then on. One that
-        cannot be asked now (down, slow, 5xx) gets JSON this time and is asked again on the next call. The
-        question takes at most half the time left before ``deadline`` and skips the breaker: its answer
-        only picks the encoding, and the call itself then succeeds or fails on its own.
+        Never waits. Until the server has answered, False (JSON), and a question is started if none is
+        running. A server without ``GET /v2`` (404, 405, 501) or not listing the extension gets JSON from
+        then on; one that could not answer (down, slow, 5xx, 401, 429) is asked again after ``PROBE_RETRY_S``.
         """
         known = self._speaks_binary
-        if known is not None:
-            return known
-        limit = min(PROBE_MAX_S, (deadline - time.monotonic()) / 2)
-        if limit <= 0.001 or self.breaker.state == "open":
-            return False
+        if known is None:
+            self._start_probe()
+        return bool(known)
+
+    def negotiate(self, timeout: float = PROBE_S) -> bool:
+        """Wait up to ``timeout`` s for the server's answer to ``GET /v2``; then :attr:`speaks_binary`."""
+        probe = self._start_probe(now=True) if self._speaks_binary is None else None
+        if probe is not None:
+            with contextlib.suppress(FutureTimeout):
+                probe.result(timeout)
+        return self.speaks_binary
+
+    def _start_probe(self, now: bool = False) -> Future[None] | None:
+        with self._probe_lock:
+            if self._probe is not None and not self._probe.done():
+                return self._probe
+            if not now and time.monotonic() < self._next_probe:
+                return None
+            try:
+                self._probe = self._pool.submit(self._ask_server)
+            except RuntimeError:  # closed
+                return None
+            return self._probe
+
+    def _ask_server(self) -> None:
+        """Runs on the pool: ``GET /v2``, and remember what it says (or when to ask again)."""
+        answer: bool | None = None
         try:
-            reply = self._attempt("GET", f"{self.base_url}/v2", None, {"Accept": "application/json"}, limit)
+            answer = _lists_binary(self._send("GET", f"{self.base_url}/v2", None, {"Accept": "application/json"},
+                                              PROBE_S))
         except CloudError as e:
-            log.debug("GET /v2 failed (%s); sending JSON this time", e)
-            return False
-        answer = _lists_binary(reply)
-        if answer is not None:
+            log.debug("GET %s/v2 failed (%s); JSON until it answers", self.base_url, e)
+        if answer is None:
+            self._next_probe = time.monotonic() + PROBE_RETRY_S
+        else:
             self._speaks_binary = answer
             log.debug("%s %s binary tensor data", self.base_url, "speaks" if answer else "does not speak")
-        return bool(answer)
 
     # --- over-the-air update ---------------------------------------------------
 
@@ -244,7 +274,8 @@ class CloudClient:
 
     # --- transport -------------------------------------------------------------
 
-    def _call(self, method: str, url: str, body: bytes | None, headers: dict, deadline: float, sink: Sink | None = None,
+    def _call(self, method: str, url: str, body: bytes | None, headers: dict[str, str], deadline: float,
+              sink: Sink | None = None,
               parse: Callable[[_Reply], Any] | None = None) -> tuple[_Reply, int, int]:
         """Breaker, retries and deadline around one logical request; returns (reply, attempts, bytes sent).
 
@@ -269,7 +300,8 @@ class CloudClient:
         self.breaker.record_success()
         return reply, attempts, sent
 
-    def _with_retries(self, method, url, body, headers, deadline, sink=None) -> tuple[_Reply, int, int]:
+    def _with_retries(self, method: str, url: str, body: bytes | None, headers: dict[str, str], deadline: float,
+                      sink: Sink | None = None) -> tuple[_Reply, int, int]:
         attempts = sent = 0
         last: CloudError | None = None  # why the previous attempt failed
         while True:
@@ -306,7 +338,8 @@ class CloudClient:
         self._sleep(wait)
         return True
 
-    def _attempt(self, method: str, url: str, body: bytes | None, headers: dict, left: float, sink=None) -> _Reply:
+    def _attempt(self, method: str, url: str, body: bytes | None, headers: dict[str, str], left: float,
+                 sink: Sink | None = None) -> _Reply:
         by_deadline = left <= self.max_attempt_s
         limit = min(left, self.max_attempt_s)
         started: list[requests.Response] = []  # _send's response, so that giving up can interrupt its read
@@ -318,8 +351,8 @@ class CloudClient:
             _interrupt(started)
             raise _timeout_error(by_deadline, limit) from None
 
-    def _send(self, method: str, url: str, body: bytes | None, headers: dict, limit: float, sink=None,
-              started: list | None = None) -> _Reply:
+    def _send(self, method: str, url: str, body: bytes | None, headers: dict[str, str], limit: float,
+              sink: Sink | None = None, started: list[requests.Response] | None = None) -> _Reply:
         """Runs on the pool: one HTTP exchange, body read with a size cap (or streamed into ``sink``)."""
         by_deadline = limit < self.max_attempt_s
         try:
@@ -327,17 +360,18 @@ class CloudClient:
                                       verify=self.verify) as r:
                 if started is not None:
                     started.append(r)
-                chunks, size = [], 0
-                streaming = sink is not None and r.status_code == 200
-                cap = sink.max_bytes if streaming else self.max_response_bytes
-                if streaming:
-                    sink.reset()
+                chunks: list[bytes] = []
+                size = 0
+                into = sink if sink is not None and r.status_code == 200 else None  # stream only a 200
+                cap = into.max_bytes if into is not None else self.max_response_bytes
+                if into is not None:
+                    into.reset()
                 for chunk in r.iter_content(65536):
                     size += len(chunk)
                     if size > cap:
                         raise CloudError(f"response is over {cap} bytes", "bad_response", r.status_code)
-                    if streaming:
-                        sink.write(chunk)
+                    if into is not None:
+                        into.write(chunk)
                     else:
                         chunks.append(chunk)
                 return _Reply(r.status_code, r.headers, b"".join(chunks))
@@ -355,7 +389,7 @@ class CloudClient:
             self.bytes_sent += n
 
 
-def _interrupt(started: list) -> None:
+def _interrupt(started: list[requests.Response]) -> None:
     """Stop a worker still reading an answer nobody waits for. A body that trickles in a byte at a
     time never trips the per-read timeout, so without this the worker and its socket stay busy."""
     for r in started:

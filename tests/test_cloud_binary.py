@@ -233,9 +233,9 @@ def test_sdk_sends_binary_to_a_server_that_lists_it_and_json_when_told(srv, trai
     auto = CloudClient(srv.url, "digits")
     json_only = CloudClient(srv.url, "digits", wire="json")
     try:
+        assert auto.negotiate() and not json_only.negotiate()  # asked in the background from construction
         a = auto.infer_images(pngs[:3], 10, deadline_after(30_000))
         j = json_only.infer_images(pngs[:3], 10, deadline_after(30_000))
-        assert auto.speaks_binary(deadline_after(1000)) and not json_only.speaks_binary(deadline_after(1000))
         np.testing.assert_allclose(a.probs, j.probs, atol=1e-6)
         assert a.bytes_sent < 0.8 * j.bytes_sent  # raw image bytes instead of base64
     finally:
@@ -247,8 +247,9 @@ def test_sdk_sends_binary_to_a_server_that_lists_it_and_json_when_told(srv, trai
                                            cloud_model="digits")
         ref = HybridClassifier(bundle, model=None, mode="cloud_only", upload=upload,
                                cloud=CloudClient(srv.url, "digits", wire="json"))
+        assert clf.cloud.negotiate()
         got, want = clf.predict_batch(pngs[:4]), ref.predict_batch(pngs[:4])
-        assert all(p.source == "cloud" for p in got) and clf.cloud.speaks_binary(deadline_after(1000))
+        assert all(p.source == "cloud" for p in got)
         np.testing.assert_allclose([p.confidence for p in got], [p.confidence for p in want], atol=1e-6)
         assert [p.label for p in got] == [p.label for p in want]
         assert sum(p.bytes_sent for p in got) < sum(p.bytes_sent for p in want)
@@ -261,6 +262,7 @@ def test_sdk_binary_tensor_upload_is_smaller_and_answers_the_same(srv, trained_b
     for wire in ("binary", "json"):
         clf = HybridClassifier.from_bundle(trained_bundle_session, cloud_url=srv.url, mode="cloud_only",
                                            cloud_model="digits", upload="tensor")
+        clf.cloud.negotiate()
         clf.cloud.wire, clf.cloud._speaks_binary = wire, wire == "binary"
         preds = clf.predict_batch(pngs[:5])
         answers[wire] = np.array([p.confidence for p in preds])

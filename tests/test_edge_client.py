@@ -21,6 +21,7 @@ import requests
 import responses
 from edge_helpers import SIZE, cached_tiny_bundle, tiny_images
 
+from edge_sdk.binary import HEADER_LENGTH, split_body
 from edge_sdk.breaker import CircuitBreaker
 from edge_sdk.client import CloudClient, _parse_retry_after, deadline_after
 from edge_sdk.errors import CloudError, CloudUnavailableError, InvalidImageError
@@ -125,6 +126,69 @@ def test_confident_edge_never_calls_cloud(tiny, edge_answer):
     p = make(tiny, threshold=0.01).predict(img)
     assert (p.source, p.reason, p.label) == ("edge", "confident", edge.label)
     assert len(infer_calls()) == 0 and p.bytes_sent == 0
+
+
+# --- binary tensor data, where the server says it speaks it -----------------------------------
+
+
+def binary_answer(request):
+    """A v2 server's binary answer to a binary request: probabilities as raw little-endian float32."""
+    head_len = int(request.headers[HEADER_LENGTH])
+    doc = json.loads(request.body[:head_len])
+    assert doc["outputs"] == [{"name": "probabilities", "parameters": {"binary_data": True}}] and doc["id"]
+    n = doc["inputs"][0]["shape"][0]
+    raw = np.asarray(v2_answer(n)["outputs"][0]["data"], "<f4").tobytes()
+    head = json.dumps({"model_name": "tiny", "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [n, 4],
+                                                          "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    return 200, {HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"}, head + raw
+
+
+@responses.activate
+def test_binary_tensors_to_a_server_that_lists_the_extension(tiny, edge_answer):
+    import cv2
+
+    img, _ = edge_answer
+    responses.get(f"{BASE}/v2", json={"name": "triton", "version": "2", "extensions": ["binary_tensor_data"]})
+    responses.add_callback(responses.POST, URL, callback=binary_answer)
+    clf = HybridClassifier.from_bundle(tiny, cloud_url=BASE, threshold=0.99, probes=[], upload="tensor")
+    assert clf.cloud.negotiate()
+    p = clf.predict(img)
+    assert (p.source, p.label, p.cloud_confidence) == ("cloud", "c2", pytest.approx(0.9))
+    req = infer_calls()[0].request
+    assert req.headers["Content-Type"] == "application/octet-stream" and p.bytes_sent == len(req.body)
+    head, raw = split_body(req.body, req.headers[HEADER_LENGTH])
+    grey = cv2.cvtColor(np.ascontiguousarray(img[..., ::-1]), cv2.COLOR_RGB2GRAY)
+    assert bytes(raw) == grey.tobytes() and json.loads(head)["inputs"][0]["parameters"]["binary_data_size"] == SIZE ** 2
+
+
+@responses.activate
+def test_a_binary_answer_that_does_not_frame_is_a_bad_response(tiny, edge_answer):
+    img, edge = edge_answer
+    responses.get(f"{BASE}/v2", json={"extensions": ["binary_tensor_data"]})
+    head = json.dumps({"model_name": "tiny", "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [1, 4],
+                                                          "parameters": {"binary_data_size": 16}}]}).encode()
+    responses.post(URL, body=head + b"\0" * 8, headers={HEADER_LENGTH: str(len(head))})  # 8 of 16 bytes
+    clf = HybridClassifier.from_bundle(tiny, cloud_url=BASE, threshold=0.99, probes=[])
+    assert clf.cloud.negotiate()
+    p = clf.predict(img)
+    assert (p.source, p.reason, p.label) == ("edge", "cloud_error:bad_response", edge.label)
+    assert "past the end" in p.cloud_error
+
+
+@responses.activate
+def test_a_server_that_cannot_say_gets_json_and_is_asked_again_later(tiny, edge_answer):
+    img, _ = edge_answer
+    responses.get(f"{BASE}/v2", status=503, json={"error": "warming up"})
+    responses.add_callback(responses.POST, URL, callback=ok_callback)
+    clf = HybridClassifier.from_bundle(tiny, cloud_url=BASE, threshold=0.99, probes=[])
+    assert clf.cloud.negotiate() is False
+    for _ in range(3):
+        assert clf.predict(img).source == "cloud"
+    assert all(c.request.headers["Content-Type"] == "application/json" for c in infer_calls())
+    assert len([c for c in responses.calls if c.request.method == "GET"]) == 1  # not again within PROBE_RETRY_S
+    clf.cloud._next_probe = 0.0
+    responses.replace(responses.GET, f"{BASE}/v2", json={"extensions": ["binary_tensor_data"]})
+    assert clf.cloud.speaks_binary is False and clf.cloud.negotiate() is True  # asked again once due
 
 
 # --- the fault matrix ------------------------------------------------------------------------
@@ -403,6 +467,7 @@ def test_real_slow_server_never_outlives_the_deadline(tiny, edge_answer, loopbac
 def test_real_server_answers_and_keeps_the_connection_alive(tiny, edge_answer, loopback):
     img, _ = edge_answer
     clf = make(tiny, loopback())
+    assert clf.cloud.negotiate() is False  # no GET /v2 there (501); asked on its own connection, reused after
     for _ in range(3):
         assert clf.predict(img).source == "cloud"
     pool = next(iter(clf.cloud.session.adapters["http://"].poolmanager.pools._container.values()))

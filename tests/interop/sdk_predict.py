@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 import sys
 
-from edge_sdk.client import deadline_after
 from edge_sdk.hybrid import HybridClassifier
 
 
 def main(bundle: str, url: str, model: str, upload: str, images: list[str]) -> None:
     clf = HybridClassifier.from_bundle(bundle, cloud_url=url, cloud_model=model, threshold=1.0, upload=upload,
                                        probes=[], deadline_ms=60_000)
+    binary = clf.cloud.negotiate()  # the SDK asks GET /v2 in the background; wait for it, to test what it chose
     single = [clf.predict(p) for p in images]
     batch = clf.predict_batch(images)
     out = {
-        "binary": clf.cloud.speaks_binary(deadline_after(5000)),
+        "binary": binary,
         "predict": [_row(p) for p in single],
         "predict_batch": [_row(p) for p in batch],
     }
