@@ -251,8 +251,9 @@ class CloudClient:
         """Runs on the pool: ``GET /v2``, and remember what it says (or when to ask again)."""
         answer: bool | None = None
         try:
-            answer = _lists_binary(self._send("GET", f"{self.base_url}/v2", None, {"Accept": "application/json"},
-                                              PROBE_S))
+            # a one-off: its connection closes after it, rather than idling in the pool beside the calls' own
+            headers = {"Accept": "application/json", "Connection": "close"}
+            answer = _lists_binary(self._send("GET", f"{self.base_url}/v2", None, headers, PROBE_S))
         except CloudError as e:
             log.debug("GET %s/v2 failed (%s); JSON until it answers", self.base_url, e)
         if answer is None:

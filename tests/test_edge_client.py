@@ -57,7 +57,7 @@ def make(tiny, base=BASE, *, threshold=0.99, deadline_ms=2000, **kw):
 
     The mocked cloud is a v2 server without ``GET /v2`` (404), so the SDK talks JSON to it.
     """
-    responses.get(f"{BASE}/v2", status=404, json={"error": "not found"})
+    responses.upsert(responses.GET, f"{BASE}/v2", status=404, json={"error": "not found"})
     kw.setdefault("probes", [])
     return HybridClassifier.from_bundle(tiny, cloud_url=base, threshold=threshold, deadline_ms=deadline_ms, **kw)
 
@@ -148,7 +148,8 @@ def test_binary_tensors_to_a_server_that_lists_the_extension(tiny, edge_answer):
     import cv2
 
     img, _ = edge_answer
-    responses.get(f"{BASE}/v2", json={"name": "triton", "version": "2", "extensions": ["binary_tensor_data"]})
+    responses.upsert(responses.GET, f"{BASE}/v2", json={"name": "triton", "version": "2",
+                                                        "extensions": ["binary_tensor_data"]})
     responses.add_callback(responses.POST, URL, callback=binary_answer)
     clf = HybridClassifier.from_bundle(tiny, cloud_url=BASE, threshold=0.99, probes=[], upload="tensor")
     assert clf.cloud.negotiate()
@@ -164,7 +165,7 @@ def test_binary_tensors_to_a_server_that_lists_the_extension(tiny, edge_answer):
 @responses.activate
 def test_a_binary_answer_that_does_not_frame_is_a_bad_response(tiny, edge_answer):
     img, edge = edge_answer
-    responses.get(f"{BASE}/v2", json={"extensions": ["binary_tensor_data"]})
+    responses.upsert(responses.GET, f"{BASE}/v2", json={"extensions": ["binary_tensor_data"]})
     head = json.dumps({"model_name": "tiny", "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [1, 4],
                                                           "parameters": {"binary_data_size": 16}}]}).encode()
     responses.post(URL, body=head + b"\0" * 8, headers={HEADER_LENGTH: str(len(head))})  # 8 of 16 bytes
@@ -178,7 +179,7 @@ def test_a_binary_answer_that_does_not_frame_is_a_bad_response(tiny, edge_answer
 @responses.activate
 def test_a_server_that_cannot_say_gets_json_and_is_asked_again_later(tiny, edge_answer):
     img, _ = edge_answer
-    responses.get(f"{BASE}/v2", status=503, json={"error": "warming up"})
+    responses.upsert(responses.GET, f"{BASE}/v2", status=503, json={"error": "warming up"})
     responses.add_callback(responses.POST, URL, callback=ok_callback)
     clf = HybridClassifier.from_bundle(tiny, cloud_url=BASE, threshold=0.99, probes=[])
     assert clf.cloud.negotiate() is False
@@ -187,7 +188,7 @@ def test_a_server_that_cannot_say_gets_json_and_is_asked_again_later(tiny, edge_
     assert all(c.request.headers["Content-Type"] == "application/json" for c in infer_calls())
     assert len([c for c in responses.calls if c.request.method == "GET"]) == 1  # not again within PROBE_RETRY_S
     clf.cloud._next_probe = 0.0
-    responses.replace(responses.GET, f"{BASE}/v2", json={"extensions": ["binary_tensor_data"]})
+    responses.upsert(responses.GET, f"{BASE}/v2", json={"extensions": ["binary_tensor_data"]})
     assert clf.cloud.speaks_binary is False and clf.cloud.negotiate() is True  # asked again once due
 
 
