@@ -14,6 +14,7 @@ not the whole exchange, so this is what makes the deadline hard.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -88,6 +89,9 @@ class _Reply:
     parsed: Any = None  # what _call's ``parse`` made of it
 
 
+Reply = _Reply  # the public name of what CloudClient.get returns
+
+
 class CloudClient:
     """One model on one KServe v2 server. Thread-safe; share one per process."""
 
@@ -143,7 +147,7 @@ class CloudClient:
         """
         self._pool.shutdown(wait=False, cancel_futures=True)
         for adapter in self.session.adapters.values():
-            pools = getattr(getattr(adapter, "poolmanager", None), "pools", None)
+            pools: Any = getattr(getattr(adapter, "poolmanager", None), "pools", None)
             for key in list(pools.keys()) if pools is not None else ():
                 pool = pools.get(key)
                 if pool is not None:
@@ -176,7 +180,9 @@ class CloudClient:
 
     # --- over-the-air update ---------------------------------------------------
 
-    def get(self, path: str, deadline: float, headers: Mapping[str, str] | None = None, sink: Sink | None = None) -> _Reply:
+    def get(
+        self, path: str, deadline: float, headers: Mapping[str, str] | None = None, sink: Sink | None = None
+    ) -> _Reply:
         """A GET through the same retries, breaker and deadline; any status is returned, errors raise.
 
         With ``sink``, a 200 body is streamed into it (reset before each attempt) instead of kept in memory.
@@ -186,15 +192,17 @@ class CloudClient:
 
     # --- transport -------------------------------------------------------------
 
-    def _call(self, method: str, url: str, body: bytes | None, headers: dict, deadline: float, sink: Sink | None = None,
-              parse: Callable[[_Reply], Any] | None = None) -> tuple[_Reply, int, int]:
+    def _call(self, method: str, url: str, body: bytes | None, headers: dict[str, str], deadline: float,
+              sink: Sink | None = None, parse: Callable[[_Reply], Any] | None = None) -> tuple[_Reply, int, int]:
         """Breaker, retries and deadline around one logical request; returns (reply, attempts, bytes sent).
 
         ``parse`` (its result lands in ``reply.parsed``) runs before the breaker hears of a success,
         so a server that answers 200 with garbage counts as failing, not as healthy.
         """
         if not self.breaker.allow():
-            raise CloudError("circuit breaker is open: the cloud failed repeatedly; waiting for the cool-down", "circuit_open")
+            raise CloudError(
+                "circuit breaker is open: the cloud failed repeatedly; waiting for the cool-down", "circuit_open"
+            )
         try:
             reply, attempts, sent = self._with_retries(method, url, body, headers, deadline, sink)
             if reply.status >= 500 or reply.status in (401, 403, 404, 429):
@@ -210,7 +218,8 @@ class CloudClient:
         self.breaker.record_success()
         return reply, attempts, sent
 
-    def _with_retries(self, method, url, body, headers, deadline, sink=None) -> tuple[_Reply, int, int]:
+    def _with_retries(self, method: str, url: str, body: bytes | None, headers: dict[str, str], deadline: float,
+                      sink: Sink | None = None) -> tuple[_Reply, int, int]:
         attempts = sent = 0
         last: CloudError | None = None  # why the previous attempt failed
         while True:
@@ -247,7 +256,8 @@ class CloudClient:
         self._sleep(wait)
         return True
 
-    def _attempt(self, method: str, url: str, body: bytes | None, headers: dict, left: float, sink=None) -> _Reply:
+    def _attempt(self, method: str, url: str, body: bytes | None, headers: dict[str, str], left: float,
+                 sink: Sink | None = None) -> _Reply:
         by_deadline = left <= self.max_attempt_s
         limit = min(left, self.max_attempt_s)
         started: list[requests.Response] = []  # _send's response, so that giving up can interrupt its read
@@ -259,8 +269,8 @@ class CloudClient:
             _interrupt(started)
             raise _timeout_error(by_deadline, limit) from None
 
-    def _send(self, method: str, url: str, body: bytes | None, headers: dict, limit: float, sink=None,
-              started: list | None = None) -> _Reply:
+    def _send(self, method: str, url: str, body: bytes | None, headers: dict[str, str], limit: float,
+              sink: Sink | None = None, started: list[requests.Response] | None = None) -> _Reply:
         """Runs on the pool: one HTTP exchange, body read with a size cap (or streamed into ``sink``)."""
         by_deadline = limit < self.max_attempt_s
         try:
@@ -269,16 +279,16 @@ class CloudClient:
                 if started is not None:
                     started.append(r)
                 chunks, size = [], 0
-                streaming = sink is not None and r.status_code == 200
-                cap = sink.max_bytes if streaming else self.max_response_bytes
-                if streaming:
-                    sink.reset()
+                into = sink if sink is not None and r.status_code == 200 else None  # stream a 200 into the sink
+                cap = into.max_bytes if into is not None else self.max_response_bytes
+                if into is not None:
+                    into.reset()
                 for chunk in r.iter_content(65536):
                     size += len(chunk)
                     if size > cap:
                         raise CloudError(f"response is over {cap} bytes", "bad_response", r.status_code)
-                    if streaming:
-                        sink.write(chunk)
+                    if into is not None:
+                        into.write(chunk)
                     else:
                         chunks.append(chunk)
                 return _Reply(r.status_code, r.headers, b"".join(chunks))
@@ -296,14 +306,14 @@ class CloudClient:
             self.bytes_sent += n
 
 
-def _interrupt(started: list) -> None:
+def _interrupt(started: list[requests.Response]) -> None:
     """Stop a worker still reading an answer nobody waits for. A body that trickles in a byte at a
     time never trips the per-read timeout, so without this the worker and its socket stay busy."""
     for r in started:
-        try:
-            r.raw.shutdown()  # urllib3 >= 2.3; the reader then fails and its connection is discarded
-        except (AttributeError, NotImplementedError, RuntimeError, ValueError, OSError):
-            pass  # already finished (or an older urllib3: the per-read timeout ends it)
+        # urllib3 >= 2.3; the reader then fails and its connection is discarded. Errors: already finished
+        # (or an older urllib3: the per-read timeout ends it).
+        with contextlib.suppress(AttributeError, NotImplementedError, RuntimeError, ValueError, OSError):
+            r.raw.shutdown()
 
 
 def _parse_infer(reply: _Reply, n: int, num_classes: int) -> tuple[np.ndarray, list[str] | None]:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -22,7 +22,8 @@ from .errors import InvalidImageError
 from .preprocess import ImageInput, cv2, encode_jpeg, encode_png
 from .protocol import images_request, tensor_request
 
-UPLOADS: tuple[str, ...] = ("jpeg", "original", "tensor")
+Upload = Literal["jpeg", "original", "tensor"]
+UPLOADS: tuple[str, ...] = get_args(Upload)
 
 
 @dataclass
@@ -34,10 +35,11 @@ class Staged:
     resized: np.ndarray  # model-size RGB uint8
 
 
-def check_upload(upload: str) -> str:
+def check_upload(upload: str) -> Upload:
+    """``upload`` if it is one of :data:`UPLOADS`; else a ValueError naming the choices."""
     if upload not in UPLOADS:
         raise ValueError(f"unknown upload {upload!r}; choose from {', '.join(UPLOADS)}")
-    return upload
+    return upload  # type: ignore[return-value]
 
 
 def build_request(items: Sequence[Staged], upload: str, channels: int = 3, jpeg_quality: int = 90) -> dict[str, Any]:
