@@ -3,15 +3,42 @@
 Importing this package never imports TensorFlow, Keras, ``cloud`` or ``quantize``.
 """
 
-from .bundle import Bundle, BundleError, Manifest, load_bundle
-from .errors import CloudError, CloudUnavailableError, HybridVisionError, InvalidImageError, ModelLoadError
+from .breaker import BreakerSnapshot, CircuitBreaker
+from .bundle import Bundle, Manifest, load_bundle
+from .capacity import CpuLoadProbe, InflightProbe, MemoryProbe, Probe, ProbeResult, default_probes
+from .errors import (
+    BundleError,
+    CloudError,
+    CloudUnavailableError,
+    HybridVisionError,
+    InvalidImageError,
+    ModelLoadError,
+    UpdateError,
+)
 from .hybrid import HybridClassifier, Prediction
+from .options import CloudOptions, EdgeOptions, HybridOptions, HybridOverrides, RoutingOptions
+from .ota import UpdateResult, VerifiedUpdate
+from .policy import Metric, Mode, Verdict
 from .preprocess import ImageLimits, InputSpec, PreprocessSpec, QuantParams, load_image, preprocess
+from .reasons import Reason
+from .routing import Observer, Outcome, Router
+from .stats import LatencySummary, ModelState, Stats
+from .upload import Staged, Upload
 
 __all__ = [
+    # the classifier and its answers
+    "HybridClassifier", "Prediction", "Reason", "Stats", "LatencySummary", "ModelState",
+    # options
+    "HybridOptions", "HybridOverrides", "RoutingOptions", "CloudOptions", "EdgeOptions", "Mode", "Metric", "Upload",
+    # capacity, breaker, updates
+    "Probe", "ProbeResult", "default_probes", "MemoryProbe", "CpuLoadProbe", "InflightProbe",
+    "CircuitBreaker", "BreakerSnapshot", "UpdateResult", "VerifiedUpdate",
+    # the routing path (for other tasks and observers)
+    "Router", "Outcome", "Observer", "Verdict", "Staged",
+    # bundles and preprocessing
     "Bundle", "BundleError", "Manifest", "load_bundle",
-    "CloudError", "CloudUnavailableError", "HybridVisionError", "InvalidImageError", "ModelLoadError",
     "ImageLimits", "InputSpec", "PreprocessSpec", "QuantParams", "load_image", "preprocess",
-    "HybridClassifier", "Prediction",
+    # errors
+    "HybridVisionError", "InvalidImageError", "ModelLoadError", "CloudError", "CloudUnavailableError", "UpdateError",
 ]
 __version__ = "0.1.0"

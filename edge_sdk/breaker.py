@@ -12,13 +12,35 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 State = Literal["closed", "open", "half_open"]
 
 
+@dataclass(frozen=True)
+class BreakerSnapshot:
+    """The breaker as ``stats()`` reports it."""
+
+    state: State
+    consecutive_failures: int
+    times_opened: int
+
+
 class CircuitBreaker:
-    def __init__(self, failure_threshold: int = 5, cooldown_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+    """Stops calls to a failing cloud for a cool-down; thread-safe. See the module docstring."""
+
+    def __init__(
+        self, failure_threshold: int = 5, cooldown_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """Args:
+            failure_threshold: consecutive failures that open the breaker (>= 1).
+            cooldown_s: how long it stays open before one probe request is let through.
+            clock: a monotonic clock in seconds (injectable for tests).
+
+        Raises:
+            ValueError: a threshold under 1 or a negative cool-down.
+        """
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be >= 1")
         if cooldown_s < 0:
@@ -40,6 +62,12 @@ class CircuitBreaker:
             if self._state == "open" and self._clock() - self._opened_at >= self.cooldown_s:
                 return "half_open"
             return self._state
+
+    @property
+    def is_open(self) -> bool:
+        """Would a request be refused now? Reads, never changes, the state (no lock: a stale read is harmless,
+        since :meth:`allow` decides for real when the request is made)."""
+        return self._state == "open" and self._clock() - self._opened_at < self.cooldown_s
 
     @property
     def consecutive_failures(self) -> int:
@@ -87,5 +115,6 @@ class CircuitBreaker:
                 self._state = "open"
                 self._opened_at = self._clock() - self.cooldown_s  # eligible again at once
 
-    def snapshot(self) -> dict:
-        return {"state": self.state, "consecutive_failures": self._failures, "times_opened": self.times_opened}
+    def snapshot(self) -> BreakerSnapshot:
+        """State, consecutive failures and how often it opened, as one typed record."""
+        return BreakerSnapshot(self.state, self._failures, self.times_opened)

@@ -129,7 +129,9 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     if labels_path.exists():
         file_labels = [ln for ln in labels_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         if file_labels != manifest.labels:
-            raise BundleError(f"{labels_path}: labels do not match manifest.json ({len(file_labels)} vs {len(manifest.labels)})")
+            raise BundleError(
+                f"{labels_path}: labels do not match manifest.json ({len(file_labels)} vs {len(manifest.labels)})"
+            )
     for role, m in manifest.models.items():
         fp = path / m.file
         if not fp.is_file():
@@ -198,7 +200,9 @@ def _read_manifest(mp: Path) -> Manifest:
         raise BundleError(f"{mp}: manifest must be a JSON object")
     version = str(raw.get("schema_version", ""))
     if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-        raise BundleError(f"{mp}: schema_version {version!r} is not supported (this SDK reads {SCHEMA_VERSION.split('.')[0]}.x)")
+        raise BundleError(
+            f"{mp}: schema_version {version!r} is not supported (this SDK reads {SCHEMA_VERSION.split('.')[0]}.x)"
+        )
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:

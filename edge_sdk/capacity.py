@@ -12,12 +12,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 
-@dataclass(frozen=True)
-class ProbeResult:
+class ProbeResult(NamedTuple):
+    """A probe's answer: may the edge model run now, and the reading behind it (a tuple: cheap per call)."""
+
     ok: bool
     value: float | None = None
     threshold: float | None = None

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import Any
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, extra that provides its dependencies)
@@ -29,14 +30,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 class _Unavailable:
     """Stands in for a command whose module cannot be imported here."""
 
-    def __init__(self, err: ModuleNotFoundError):
+    def __init__(self, err: ModuleNotFoundError) -> None:
         self.err = err
         self.HELP = f"(unavailable here: needs '{err.name}')"
 
-    def add_arguments(self, p) -> None:
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("rest", nargs=argparse.REMAINDER)
 
-    def run(self, args) -> int:
+    def run(self, args: argparse.Namespace) -> int:
         raise self.err
 
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (modname, _extra) in COMMANDS.items():
+        mod: Any
         try:
             mod = importlib.import_module(modname)
         except ModuleNotFoundError as e:
@@ -63,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -103,6 +103,9 @@ class _Reply:
     parsed: Any = None  # what _call's ``parse`` made of it
 
 
+Reply = _Reply  # the public name of what CloudClient.get returns
+
+
 class CloudClient:
     """One model on one KServe v2 server. Thread-safe; share one per process."""
 

@@ -1,38 +1,53 @@
 """HybridClassifier: the int8 model on the device first, the cloud for the hard images.
 
-One call: decode and resize (edge_sdk.preprocess) -> capacity probes -> the
-edge model -> :func:`edge_sdk.policy.route` -> maybe the cloud, within what is
+One call goes through :class:`edge_sdk.routing.Router`, the routing path every
+hybrid task shares: decode and resize (edge_sdk.preprocess) -> capacity probes
+-> the edge model -> its confidence against the threshold
+(:class:`edge_sdk.policy.ConfidenceScorer`) -> maybe the cloud, within what is
 left of the call's deadline. A cloud failure never loses the edge answer; only
-when neither side can answer does ``predict`` raise.
+when neither side can answer does ``predict`` raise. This module adds what is
+particular to classification: the edge run (pixel table + int8 interpreter),
+the cloud request, and the :class:`Prediction`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
-import time
-from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .breaker import CircuitBreaker
-from .bundle import Bundle, load_bundle
-from .capacity import InflightProbe, ModelLoadProbe, Probe, default_probes, first_failure
+from .bundle import Bundle, Routing, load_bundle
+from .capacity import Probe, default_probes
 from .client import CloudClient
-from .errors import CloudError, CloudUnavailableError, InvalidImageError, ModelLoadError
-from .policy import METRICS, MODES, after_cloud_failure, confidence, edge_skip_reason, route
-from .preprocess import DEFAULT_LIMITS, ImageInput, ImageLimits, load_image, resize
+from .errors import BundleError, ModelLoadError, UpdateError
+from .options import HybridOptions, option_names
+from .ota import DEFAULT_MAX_BYTES, UpdateResult, VerifiedUpdate, fetch_update, persist_update
+from .policy import ConfidenceScorer, Metric, Mode
+from .preprocess import ImageInput, InputSpec, PreprocessSpec
+from .reasons import Reason
+from .routing import CloudReply, EdgeVersion, Observer, Outcome, Router, Source
 from .runtime import LocalModel, PixelQuantizer
-from .upload import Staged, build_request, check_upload
+from .stats import ModelState, Stats
+from .upload import Staged, Upload, build_request
+
+if TYPE_CHECKING:
+    import os
+
+    from typing_extensions import Unpack
+
+    from .options import HybridOverrides
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class Prediction:
     """One answer. ``confidence`` and ``*_confidence`` are top-1 probabilities; ``edge_score`` is the
     routing metric's value on the edge output (what was compared with the threshold)."""
@@ -40,8 +55,8 @@ class Prediction:
     label: str
     confidence: float
     top_k: list[tuple[str, float]]
-    source: str  # "edge" or "cloud"
-    reason: str  # see edge_sdk.policy
+    source: Source  # "edge" or "cloud"
+    reason: Reason  # a str enum: compares equal to "confident", "no_capacity:memory", ...
     edge_confidence: float | None = None
     cloud_confidence: float | None = None
     edge_score: float | None = None
@@ -51,54 +66,30 @@ class Prediction:
     probabilities: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field but the probabilities, JSON-ready (top_k as label/score objects)."""
         d = asdict(self)
         d.pop("probabilities")
+        d["reason"] = str(self.reason)
         d["top_k"] = [{"label": lb, "score": s} for lb, s in self.top_k]
         return d
 
 
-class _Stats:
-    """Counts and a window of recent latencies; one lock, a few operations per call."""
+class ClassifierEdge:
+    """One edge model ready to run: its pixel table and interpreter. An update builds a new one."""
 
-    def __init__(self, window: int = 10_000):
-        self._lock = threading.Lock()
-        self.by_source: Counter = Counter()
-        self.by_reason: Counter = Counter()
-        self.bytes_sent = 0
-        self.calls = 0
-        self.errors: Counter = Counter()
-        self._lat = {k: deque(maxlen=window) for k in ("total", "edge", "cloud")}
+    __slots__ = ("model", "pixels")
 
-    def record(self, p: Prediction) -> None:
-        lat = p.latency_ms
-        with self._lock:
-            self.calls += 1
-            self.by_source[p.source] += 1
-            self.by_reason[p.reason] += 1
-            self.bytes_sent += p.bytes_sent
-            for k, q in self._lat.items():
-                v = lat.get(k)
-                if v is not None:
-                    q.append(v)
+    def __init__(self, model: LocalModel, input_spec: InputSpec, preprocess_spec: PreprocessSpec,
+                 num_classes: int) -> None:
+        """Raises:
+        ModelLoadError: the model does not fit the bundle's input or labels.
+        """
+        model.check_fits(input_spec, num_classes)
+        self.model = model
+        self.pixels = PixelQuantizer(input_spec, preprocess_spec, model.input_quant)
 
-    def record_error(self, kind: str) -> None:
-        with self._lock:
-            self.errors[kind] += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            lats = {k: np.fromiter(q, float, len(q)) for k, q in self._lat.items()}
-            out = {
-                "calls": self.calls, "by_source": dict(self.by_source), "by_reason": dict(self.by_reason),
-                "bytes_sent": self.bytes_sent, "errors": dict(self.errors),
-            }
-        out["latency_ms"] = {
-            k: ({"n": int(a.size), "mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
-                 "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99))} if a.size else {"n": 0})
-            for k, a in lats.items()
-        }
-        out["offload_fraction"] = out["by_source"].get("cloud", 0) / self.calls if self.calls else 0.0
-        return out
+    def __call__(self, staged: Staged) -> np.ndarray:
+        return self.model.predict_quantized(self.pixels(staged.resized))
 
 
 class HybridClassifier:
@@ -109,345 +100,349 @@ class HybridClassifier:
         bundle: Bundle,
         *,
         model: LocalModel | None,
+        options: HybridOptions | None = None,
         model_error: str | None = None,
         cloud: CloudClient | None = None,
-        mode: str = "auto",
-        deadline_ms: float = 2000.0,
-        threshold: float | None = None,
-        metric: str | None = None,
-        upload: str = "jpeg",
-        probes: Sequence[Probe] | None = None,
-        top_k: int = 3,
-        min_cloud_ms: float = 5.0,
-        limits: ImageLimits = DEFAULT_LIMITS,
-        num_threads: int | None = None,
-        backend: str | Sequence[str] | None = None,
-    ):
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    ) -> None:
+        """Prefer :meth:`from_bundle`, which loads the model and makes the cloud client from the options.
+
+        Args:
+            bundle: the loaded bundle.
+            model: its edge model, or None when it could not load (``model_error`` says why).
+            options: see :class:`~edge_sdk.options.HybridOptions` (default: its defaults).
+            model_error: why ``model`` is None.
+            cloud: the cloud client (None: no cloud).
+
+        Raises:
+            ValueError: options that do not fit the bundle (another metric without a threshold).
+            ModelLoadError: a model that does not fit the bundle's input or labels.
+        """
+        opts = options or HybridOptions()
         routing = bundle.manifest.routing
-        if metric is not None and metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-        if metric is not None and metric != routing.metric and threshold is None:
-            raise ValueError(f"the bundle's threshold is for {routing.metric}; give a threshold for metric {metric!r}")
-        if deadline_ms <= 0:
-            raise ValueError("deadline_ms must be > 0")
-        self.bundle = bundle
+        if opts.metric is not None and opts.metric != routing.metric and opts.threshold is None:
+            raise ValueError(
+                f"the bundle's threshold is for {routing.metric}; give a threshold for metric {opts.metric!r}"
+            )
+        self.options = opts
+        self._bundle = bundle
         self.labels = list(bundle.labels)
-        self.input = bundle.manifest.input
-        self.pp = bundle.manifest.preprocess
-        self.mode = mode
-        # (metric, threshold) in one attribute, so an update swaps both at once for readers in other threads
-        self._routing = (metric or routing.metric, float(threshold if threshold is not None else routing.threshold))
-        self._threshold_from_bundle = threshold is None and metric in (None, routing.metric)
-        self.deadline_ms = float(deadline_ms)
-        self.upload = check_upload(upload)
-        self.top_k = max(1, int(top_k))
-        self.min_cloud_s = min_cloud_ms / 1000.0
-        self.limits = limits
+        self.input_spec = bundle.manifest.input
+        self.preprocess_spec = bundle.manifest.preprocess
         self.cloud = cloud
-        self.num_threads, self.backend = num_threads, backend
-        # (model, its pixel quantizer) in one attribute: an update swaps both at once
-        self._edge: tuple[LocalModel, PixelQuantizer] | None = self._prepare(model) if model is not None else None
-        self.model_error = model_error
-        self._swap_lock = threading.Lock()
-        user = list(default_probes() if probes is None else probes)
-        self.probes: list[Probe] = [ModelLoadProbe(lambda: self._edge is not None, lambda: self.model_error), *user]
-        self._inflight = next((p for p in user if isinstance(p, InflightProbe)), None)
-        self._stats = _Stats()
+        self._lock = threading.Lock()  # swaps and updates; predict never takes it
+        self._threshold_from_bundle = opts.threshold is None and opts.metric in (None, routing.metric)
+        self._router: Router[np.ndarray, np.ndarray, Prediction] = Router(
+            routing=opts, edge_options=opts, input_spec=self.input_spec, preprocess_spec=self.preprocess_spec,
+            edge=EdgeVersion(
+                self._edge_for(model) if model is not None else None,
+                ConfidenceScorer(opts.metric or routing.metric,
+                                 opts.threshold if opts.threshold is not None else routing.threshold),
+                model_error,
+            ),
+            probes=default_probes() if opts.probes is None else opts.probes,
+            cloud=cloud, ask_cloud=self._ask_cloud, build=self._prediction,
+        )
 
     @classmethod
     def from_bundle(
-        cls,
-        path: str | Path | Bundle,
-        cloud_url: str | None = None,
-        api_key: str | None = None,
-        mode: str = "auto",
-        deadline_ms: float = 2000.0,
-        threshold: float | None = None,
-        metric: str | None = None,
-        num_threads: int | None = None,
-        upload: str = "jpeg",
-        ca_bundle: str | None = None,
-        probes: Sequence[Probe] | None = None,
-        *,
-        verify: bool = True,
-        backend: str | Sequence[str] | None = None,
-        cloud_model: str | None = None,
-        max_retries: int = 2,
-        breaker: CircuitBreaker | None = None,
-        **kw: Any,
+        cls, path: str | Path | Bundle, options: HybridOptions | None = None, **overrides: Unpack[HybridOverrides]
     ) -> HybridClassifier:
-        """Load a bundle (checksums verified) and its int8 model; a model that fails to load is not fatal
-        while a cloud can answer: predictions then go to the cloud with reason ``model_unavailable``."""
+        """Load a bundle (checksums verified) and its int8 model, and connect to the cloud if one is given.
+
+        A model that fails to load is not fatal while a cloud can answer: predictions then go to the cloud
+        with reason ``model_unavailable``.
+
+        Args:
+            path: the bundle directory, or a loaded Bundle.
+            options: the options (default: :class:`~edge_sdk.options.HybridOptions`'s defaults).
+            **overrides: any field of HybridOptions, replacing the one in ``options``
+                (``cloud_url=``, ``api_key=``, ``mode=``, ``deadline_ms=``, ``threshold=``, ...).
+
+        Returns:
+            The classifier; close it (or use it as a context manager) to release the cloud connections.
+
+        Raises:
+            BundleError: the bundle is missing, malformed or fails a checksum.
+            ModelLoadError: the edge model cannot load and there is no cloud to fall back to.
+            ValueError: an option out of range, or ``cloud_only`` without a cloud_url.
+            TypeError: an override that is not an option.
+        """
+        opts = _with_overrides(options, overrides)
         bundle = path if isinstance(path, Bundle) else load_bundle(path)
-        model, err = None, None
-        if mode != "cloud_only":
+        model, error = None, None
+        if opts.mode != "cloud_only":
             try:
-                model = LocalModel.from_bundle(bundle, num_threads=num_threads, backend=backend)
+                model = LocalModel.from_bundle(bundle, num_threads=opts.num_threads, backend=opts.backend)
             except ModelLoadError as e:
-                err = str(e)
+                error = str(e)
                 log.warning("edge model unavailable: %s", e)
-                if mode == "edge_only" or not cloud_url:
+                if opts.mode == "edge_only" or not opts.cloud_url:
                     raise
-        cloud = None
-        if cloud_url:
-            cloud = CloudClient(
-                cloud_url, cloud_model or bundle.manifest.name, api_key=api_key, verify=verify, ca_bundle=ca_bundle,
-                max_retries=max_retries, breaker=breaker,
-            )
-        elif mode == "cloud_only":
+        if opts.mode == "cloud_only" and not opts.cloud_url:
             raise ValueError("mode cloud_only needs a cloud_url")
-        return cls(
-            bundle, model=model, model_error=err, cloud=cloud, mode=mode, deadline_ms=deadline_ms,
-            threshold=threshold, metric=metric, upload=upload, probes=probes, num_threads=num_threads,
-            backend=backend, **kw,
-        )
+        return cls(bundle, model=model, options=opts, model_error=error,
+                   cloud=opts.make_client(bundle.manifest.name))
 
-    # --- public API ------------------------------------------------------------------
-
-    @property
-    def model(self) -> LocalModel | None:
-        edge = self._edge
-        return edge[0] if edge is not None else None
-
-    @property
-    def metric(self) -> str:
-        return self._routing[0]
-
-    @property
-    def threshold(self) -> float:
-        return self._routing[1]
+    # --- classifying ---------------------------------------------------------------------------
 
     def predict(self, image: ImageInput, color: str = "bgr", deadline_ms: float | None = None) -> Prediction:
-        """Classify one image: a path, encoded bytes, or a uint8 array (BGR unless ``color="rgb"``)."""
-        t0 = time.perf_counter()
-        deadline = time.monotonic() + (deadline_ms or self.deadline_ms) / 1000.0
-        metric, threshold = self._routing  # one consistent pair even if an update swaps it mid-call
-        try:
-            staged = self._stage(image, color)
-        except InvalidImageError:
-            self._stats.record_error("invalid_image")
-            raise
-        t1 = time.perf_counter()
-        model = self._edge  # one snapshot: an update mid-call does not mix models
-        probs, skip = self._run_edge(model, staged.resized, self._cloud_usable())
-        t2 = time.perf_counter()
-        lat = {"preprocess": (t1 - t0) * 1000, "edge": (t2 - t1) * 1000}
-        score = confidence(probs, metric) if probs is not None else None
-        d = route(
-            mode=self.mode, edge_score=score, threshold=threshold, metric=metric, edge_skip=skip,
-            cloud_configured=self.cloud is not None,
-            breaker_allows=self.cloud is None or self.cloud.breaker.state != "open",
-            time_left_s=deadline - time.monotonic(), min_cloud_s=self.min_cloud_s,
-        )
-        if d.action == "edge":
-            return self._done(self._answer(probs, "edge", d.reason, probs, score), lat, t0)
-        if d.action == "fail" and probs is None and skip and skip.startswith("no_capacity"):
-            probs, _ = self._run_edge(model, staged.resized, False)  # the cloud is out of reach after all
-            if probs is not None:
-                score = confidence(probs, metric)
-                lat["edge"] = (time.perf_counter() - t1) * 1000
-                return self._done(self._answer(probs, "edge", d.reason, probs, score), lat, t0)
-        if d.action == "fail":
-            raise self._unavailable(d.reason, None)
-        t3 = time.perf_counter()
-        try:
-            req = build_request([staged], self.upload, self.input.channels)
-            res = self.cloud.infer(req, 1, len(self.labels), deadline)
-        except CloudError as e:
-            lat["cloud"] = (time.perf_counter() - t3) * 1000
-            if probs is None and skip and skip.startswith("no_capacity"):
-                probs, _ = self._run_edge(model, staged.resized, False)  # short of capacity beats no answer
-                score = confidence(probs, metric) if probs is not None else None
-            fb = after_cloud_failure(self.mode, probs is not None, e.reason)
-            if fb.action == "fail":
-                raise self._unavailable(fb.reason, e) from e
-            p = self._answer(probs, "edge", fb.reason, probs, score)
-            p.cloud_error = str(e)
-            return self._done(p, lat, t0)
-        lat["cloud"] = (time.perf_counter() - t3) * 1000
-        p = self._answer(res.probs[0], "cloud", d.reason, probs, score)
-        p.bytes_sent = res.bytes_sent
-        return self._done(p, lat, t0)
+        """Classify one image.
+
+        Args:
+            image: a path, encoded bytes (PNG, JPEG, BMP, WebP), or a uint8 array (HxW, HxWx3, HxWx4).
+            color: how to read a 3/4-channel array: ``bgr`` (OpenCV's order) or ``rgb``.
+            deadline_ms: this call's time limit (default: the options' deadline_ms).
+
+        Returns:
+            The answer, with its source, reason, latencies and bytes sent.
+
+        Raises:
+            InvalidImageError: the input is not an image this SDK accepts.
+            CloudUnavailableError: the cloud was needed and failed, and there is no edge answer.
+            ModelLoadError: mode edge_only (or no cloud) and the edge model is unavailable.
+        """
+        return self._router.predict(image, color, deadline_ms)
 
     def predict_batch(
         self, images: Sequence[ImageInput], color: str = "bgr", deadline_ms: float | None = None
     ) -> list[Prediction]:
-        """Edge on every image, then the unsure ones to the cloud in ONE request. Raises InvalidImageError
-        (naming the index) if any input is bad, before any inference."""
-        t0 = time.perf_counter()
-        deadline = time.monotonic() + (deadline_ms or self.deadline_ms) / 1000.0
-        metric, threshold = self._routing  # one consistent pair even if an update swaps it mid-call
-        staged = []
-        for i, im in enumerate(images):
-            try:
-                staged.append(self._stage(im, color))
-            except InvalidImageError as e:
-                self._stats.record_error("invalid_image")
-                raise InvalidImageError(f"image {i}: {e}", e.kind) from e
-        if not staged:
-            return []
-        t1 = time.perf_counter()
-        model = self._edge
-        usable = self._cloud_usable()
-        edge = [self._run_edge(model, s.resized, usable) for s in staged]
-        t2 = time.perf_counter()
-        scores = [confidence(p, metric) if p is not None else None for p, _ in edge]
-        allows = self.cloud is None or self.cloud.breaker.state != "open"
-        left = deadline - time.monotonic()
-        decisions = [
-            route(mode=self.mode, edge_score=sc, threshold=threshold, metric=metric, edge_skip=skip,
-                  cloud_configured=self.cloud is not None, breaker_allows=allows, time_left_s=left,
-                  min_cloud_s=self.min_cloud_s)
-            for (_, skip), sc in zip(edge, scores)
-        ]
-        lat = {"preprocess": (t1 - t0) * 1000, "edge": (t2 - t1) * 1000}
-        out: list[Prediction | None] = [None] * len(staged)
-        for i, d in enumerate(decisions):
-            if d.action == "edge":
-                out[i] = self._answer(edge[i][0], "edge", d.reason, edge[i][0], scores[i])
-            elif d.action == "fail":
-                raise self._unavailable(d.reason, None, index=i)
-        ask = [i for i, d in enumerate(decisions) if d.action == "cloud"]
-        if ask:
-            t3 = time.perf_counter()
-            try:
-                req = build_request([staged[i] for i in ask], self.upload, self.input.channels)
-                res = self.cloud.infer(req, len(ask), len(self.labels), deadline)
-            except CloudError as e:
-                for i in ask:
-                    if edge[i][0] is None and edge[i][1] and edge[i][1].startswith("no_capacity"):
-                        edge[i] = self._run_edge(model, staged[i].resized, False)
-                        scores[i] = confidence(edge[i][0], metric) if edge[i][0] is not None else None
-                    fb = after_cloud_failure(self.mode, edge[i][0] is not None, e.reason)
-                    if fb.action == "fail":
-                        raise self._unavailable(fb.reason, e, index=i) from e
-                    out[i] = self._answer(edge[i][0], "edge", fb.reason, edge[i][0], scores[i])
-                    out[i].cloud_error = str(e)
-            else:
-                share, extra = divmod(res.bytes_sent, len(ask))  # the request's bytes, split so they sum exactly
-                for j, i in enumerate(ask):
-                    out[i] = self._answer(res.probs[j], "cloud", decisions[i].reason, edge[i][0], scores[i])
-                    out[i].bytes_sent = share + (j < extra)
-            lat["cloud"] = (time.perf_counter() - t3) * 1000
-        return [self._done(p, dict(lat), t0) for p in out]  # type: ignore[arg-type]
+        """Classify several images: the edge on every one, the unsure ones to the cloud in ONE request.
 
-    def stats(self) -> dict[str, Any]:
+        Args:
+            images: as for :meth:`predict`.
+            color: as for :meth:`predict`.
+            deadline_ms: the whole batch's time limit.
+
+        Returns:
+            One answer per image, in order.
+
+        Raises:
+            InvalidImageError: an input is bad (the message names its index); raised before any inference.
+            CloudUnavailableError: an image got no answer from either side (the message names its index).
+            ModelLoadError: as for :meth:`predict`.
+        """
+        return self._router.predict_batch(images, color, deadline_ms)
+
+    def add_observer(self, observer: Observer[Prediction]) -> None:
+        """Call ``observer(staged, prediction)`` after every final answer (in the caller's thread; an
+        observer's exception is logged and counted in ``stats().errors["observer"]``, never raised)."""
+        self._router.add_observer(observer)
+
+    def remove_observer(self, observer: Observer[Prediction]) -> None:
+        """Stop calling ``observer``."""
+        self._router.remove_observer(observer)
+
+    # --- state ------------------------------------------------------------------------------------
+
+    @property
+    def bundle(self) -> Bundle:
+        """The bundle as it is on disk now (an update that was persisted replaces it)."""
+        return self._bundle
+
+    @property
+    def mode(self) -> Mode:
+        return self.options.mode
+
+    @property
+    def upload(self) -> Upload:
+        return self.options.upload
+
+    @property
+    def model(self) -> LocalModel | None:
+        """The edge model serving now, or None when it did not load."""
+        run = self._router.edge.run
+        return run.model if isinstance(run, ClassifierEdge) else None
+
+    @property
+    def model_error(self) -> str | None:
+        """Why there is no edge model, or None."""
+        return self._router.edge.error
+
+    @property
+    def metric(self) -> Metric:
+        return self._scorer().metric
+
+    @property
+    def threshold(self) -> float:
+        return self._scorer().threshold
+
+    @property
+    def probes(self) -> tuple[Probe, ...]:
+        """The capacity probes asked before each edge inference (auto mode with a cloud)."""
+        return self._router.probes
+
+    def stats(self) -> Stats:
         """Counts by source and reason, latency percentiles (last 10k calls), bytes, breaker and model state."""
-        s = self._stats.snapshot()
         m = self.model
-        s.update(
+        return self._router.stats.snapshot(
             mode=self.mode, metric=self.metric, threshold=self.threshold, upload=self.upload,
             breaker=self.cloud.breaker.snapshot() if self.cloud else None,
-            model={"loaded": m is not None, "backend": m.backend if m else None,
-                   "sha256": m.sha256 if m else None, "error": self.model_error},
+            model=ModelState(m is not None, m.backend if m else None, m.sha256 if m else None, self.model_error),
         )
-        return s
 
-    def check_for_update(self, deadline_ms: float = 60_000.0, **kw: Any):
-        """Ask the cloud for a newer edge model; swap it in if there is one. See edge_sdk.ota."""
-        from .ota import check_for_update
+    # --- updates ----------------------------------------------------------------------------------
 
-        return check_for_update(self, deadline_ms=deadline_ms, **kw)
+    def check_for_update(
+        self,
+        deadline_ms: float = 60_000.0,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        tmp_dir: str | os.PathLike[str] | None = None,
+        persist: bool = True,
+    ) -> UpdateResult:
+        """Ask the cloud for a newer edge model; verify it and swap it in (see edge_sdk.ota).
+
+        Args:
+            deadline_ms: for the whole check, downloads included.
+            max_bytes: a larger model is refused.
+            tmp_dir: where the download is verified (default: the system's temp dir).
+            persist: also write it into the bundle on disk, so a restart keeps it.
+
+        Returns:
+            What happened: updated or not, the sha256 serving now, whether it was persisted (and if not, why).
+
+        Raises:
+            UpdateError: no cloud is configured, the server failed, or the download was refused;
+                the old model keeps serving.
+        """
+        if self.cloud is None:
+            raise UpdateError("no cloud_url configured: nowhere to check for updates")
+        current = self.model.sha256 if self.model is not None else None
+        with fetch_update(self.cloud, self.bundle.manifest, current, deadline_ms=deadline_ms, max_bytes=max_bytes,
+                          tmp_dir=tmp_dir, num_threads=self.options.num_threads,
+                          backend=self.options.backend) as update:
+            if update is None:
+                return UpdateResult(False, current or "", current)
+            return self.apply_update(update, persist=persist)
+
+    def apply_update(self, update: VerifiedUpdate, *, persist: bool = True) -> UpdateResult:
+        """Swap in a verified update (and write it into the bundle on disk), under this classifier's lock.
+
+        Args:
+            update: from :func:`edge_sdk.ota.fetch_update`, while its context is open.
+            persist: write it into the bundle on disk; if the disk refuses, it still serves from memory
+                and the result's ``persist_error`` says why.
+
+        Returns:
+            What happened.
+
+        Raises:
+            UpdateError: the model does not fit this bundle; the old model keeps serving.
+        """
+        try:
+            edge = self._edge_for(update.model)
+        except ModelLoadError as e:
+            raise UpdateError(f"the downloaded model was refused: {e}") from e
+        with self._lock:
+            current = self.model.sha256 if self.model is not None else None
+            if update.sha256 == current:
+                return UpdateResult(False, current, current, update.bytes_downloaded)
+            persist_error = self._persist(update) if persist else None
+            self._install(edge, update.manifest.routing)
+        log.info("edge model updated %s -> %s", current[:12] if current else None, update.sha256[:12])
+        return UpdateResult(True, update.sha256, current, update.bytes_downloaded, self.threshold,
+                            persisted=persist and persist_error is None, persist_error=persist_error)
 
     def swap_model(
-        self, model: LocalModel, *, threshold: float | None = None, metric: str | None = None
+        self, model: LocalModel, *, threshold: float | None = None, metric: Metric | None = None
     ) -> LocalModel | None:
-        """Atomically replace the edge model; calls already running finish on the old one. Returns the old model."""
-        edge = self._prepare(model)
-        with self._swap_lock:
+        """Atomically replace the edge model; calls already running finish on the old one.
+
+        Args:
+            model: the new edge model.
+            threshold: its calibrated threshold (ignored when the options set one: the user's wins).
+            metric: the threshold's metric (default: the current one).
+
+        Returns:
+            The model it replaced (None if there was none).
+
+        Raises:
+            ModelLoadError: the model does not fit the bundle's input or labels; the old one stays.
+        """
+        edge = self._edge_for(model)
+        routing = None if threshold is None else Routing(metric=metric or self.metric, threshold=threshold)
+        with self._lock:
             old = self.model
-            if threshold is not None and self._threshold_from_bundle:  # the user's override always wins
-                self._routing = (metric or self.metric, float(threshold))
-            self._edge = edge
-            self.model_error = None
+            self._install(edge, routing)
         return old
 
     def close(self) -> None:
+        """Release the cloud client's connections and workers."""
         if self.cloud is not None:
             self.cloud.close()
 
     def __enter__(self) -> HybridClassifier:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
-    # --- internals ---------------------------------------------------------------------
+    # --- what the routing path calls ------------------------------------------------------------
 
-    def _prepare(self, model: LocalModel) -> tuple[LocalModel, PixelQuantizer]:
-        """Check that the model fits this bundle and build its input table, before anyone can use it."""
-        self._check_model(model)
-        return model, PixelQuantizer(self.input, self.pp, model.input_quant)
+    def _ask_cloud(self, items: Sequence[Staged], deadline: float) -> CloudReply[np.ndarray]:
+        assert self.cloud is not None  # the router asks only when a cloud is configured
+        request = build_request(items, self.options.upload, self.input_spec.channels)
+        result = self.cloud.infer(request, len(items), len(self.labels), deadline)
+        return CloudReply(list(result.probs), result.bytes_sent)
 
-    def _check_model(self, model: LocalModel) -> None:
-        want = (self.input.height, self.input.width, self.input.channels)
-        if model.input_shape != want:
-            raise ModelLoadError(f"edge model input {model.input_shape} does not match the bundle's input {want}")
-        if model.num_classes != len(self.labels):
-            raise ModelLoadError(f"edge model has {model.num_classes} outputs for {len(self.labels)} labels")
-
-    def _stage(self, image: ImageInput, color: str) -> Staged:
-        rgb = load_image(image, color=color, limits=self.limits)
-        return Staged(image, rgb, resize(rgb, self.input.height, self.input.width, self.pp.resize))
-
-    def _cloud_usable(self) -> bool:
-        return self.mode == "auto" and self.cloud is not None and self.cloud.breaker.state != "open"
-
-    def _run_edge(self, edge: tuple[LocalModel, PixelQuantizer] | None, resized: np.ndarray,
-                  may_skip: bool) -> tuple[np.ndarray | None, str | None]:
-        """Edge probabilities, or (None, why it did not run). A capacity probe's no is obeyed only when
-        ``may_skip`` (the cloud could take the image): short of capacity still beats no answer."""
-        if self.mode == "cloud_only":
-            return None, None
-        if edge is None:
-            return None, "model_unavailable"
-        if may_skip:
-            failed = first_failure(self.probes)
-            skip = edge_skip_reason(failed[0] if failed else None, True)
-            if skip is not None:
-                return None, skip
-        try:
-            model, pixels = edge
-            xq = pixels(resized)
-            inflight = self._inflight
-            if inflight is None:
-                return model.predict_quantized(xq), None
-            inflight.enter()
-            try:
-                return model.predict_quantized(xq), None
-            finally:
-                inflight.exit()
-        except Exception as e:  # an interpreter failing at run time: treat as no model, keep answering
-            log.warning("edge inference failed: %s: %s", type(e).__name__, e)
-            self._stats.record_error("edge_inference")
-            return None, "model_unavailable"
-
-    def _answer(
-        self, probs: np.ndarray, source: str, reason: str, edge_probs: np.ndarray | None, score: float | None
-    ) -> Prediction:
-        k = min(self.top_k, len(probs))
-        order = np.argsort(-probs, kind="stable")[:k]
-        top = [(self.labels[i], float(probs[i])) for i in order]
+    def _prediction(self, o: Outcome[np.ndarray, np.ndarray]) -> Prediction:
+        from_cloud = o.source == "cloud"
+        probs = o.cloud if from_cloud else o.edge
+        assert probs is not None  # an outcome always has the answer of its source
+        labels = self.labels
+        top = [(labels[i], p) for i, p in top_k(probs, self.options.top_k)]
+        edge_confidence = None
+        if o.edge is not None:
+            edge_confidence = float(o.edge.max()) if from_cloud else top[0][1]
         return Prediction(
-            label=top[0][0], confidence=top[0][1], top_k=top, source=source, reason=reason,
-            edge_confidence=float(edge_probs.max()) if edge_probs is not None else None,
-            cloud_confidence=top[0][1] if source == "cloud" else None,
-            edge_score=score, probabilities=probs,
+            top[0][0], top[0][1], top, o.source, o.reason, edge_confidence, top[0][1] if from_cloud else None,
+            o.verdict.score if o.verdict is not None else None, o.latency_ms, o.bytes_sent, o.cloud_error, probs,
         )
 
-    def _done(self, p: Prediction, lat: dict[str, float], t0: float) -> Prediction:
-        lat["total"] = (time.perf_counter() - t0) * 1000
-        p.latency_ms = lat
-        self._stats.record(p)
-        return p
+    # --- internals ------------------------------------------------------------------------------
 
-    def _unavailable(self, reason: str, cause: CloudError | None, index: int | None = None) -> Exception:
-        self._stats.record_error(reason)
-        where = f"image {index}: " if index is not None else ""
-        if self.mode == "edge_only" or (reason == "model_unavailable" and self.cloud is None):
-            return ModelLoadError(f"{where}the edge model is unavailable ({self.model_error or reason})")
-        detail = f": {cause}" if cause else ""
-        return CloudUnavailableError(f"{where}no answer from the edge or the cloud ({reason}{detail})", reason=reason,
-                                     status=cause.status if cause else None)
+    def _edge_for(self, model: LocalModel) -> ClassifierEdge:
+        return ClassifierEdge(model, self.input_spec, self.preprocess_spec, len(self.labels))
+
+    def _scorer(self) -> ConfidenceScorer:
+        scorer = self._router.edge.score
+        assert isinstance(scorer, ConfidenceScorer)
+        return scorer
+
+    def _install(self, edge: ClassifierEdge, routing: Routing | None) -> None:
+        """Swap in a new edge version (the lock is held): the model, and the bundle's new threshold
+        unless the options set one."""
+        scorer = self._scorer()
+        if routing is not None and self._threshold_from_bundle:
+            scorer = ConfidenceScorer(routing.metric, routing.threshold)
+        self._router.edge = EdgeVersion(edge, scorer, None)
+
+    def _persist(self, update: VerifiedUpdate) -> str | None:
+        """Write the update into the bundle on disk (the lock is held); None, or why it could not."""
+        try:
+            self._bundle = persist_update(self._bundle, update)
+        except (OSError, BundleError) as e:
+            log.warning("edge model updated in memory only: cannot write it into %s: %s", self._bundle.path, e)
+            return f"{type(e).__name__}: {e}"
+        return None
+
+
+def top_k(probs: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The ``k`` largest (index, probability) pairs, largest first, ties in index order."""
+    if probs.shape[0] <= 64:  # small: plain Python on a list beats numpy's per-call overhead
+        values: list[float] = probs.tolist()
+        order = sorted(range(len(values)), key=values.__getitem__, reverse=True)[:k]
+        return [(i, values[i]) for i in order]
+    idx = np.argsort(-probs, kind="stable")[:k]
+    return [(int(i), float(probs[i])) for i in idx]
+
+
+def _with_overrides(options: HybridOptions | None, overrides: dict[str, Any] | HybridOverrides) -> HybridOptions:
+    base = options or HybridOptions()
+    unknown = set(overrides) - option_names(HybridOptions)
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; "
+                        f"HybridOptions has {', '.join(sorted(option_names(HybridOptions)))}")
+    return dataclasses.replace(base, **overrides) if overrides else base

@@ -7,6 +7,7 @@ allocating gigabytes: OpenCV would only tell us after trying.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -45,13 +46,14 @@ def read_info(data: bytes) -> ImageInfo:
     return ImageInfo(fmt, int(size[0]), int(size[1]))
 
 
-def _png(d: bytes):
+def _png(d: bytes) -> tuple[int, int] | None:
     if d[12:16] != b"IHDR":
         return None
-    return struct.unpack(">II", d[16:24])
+    w, h = struct.unpack(">II", d[16:24])
+    return int(w), int(h)
 
 
-def _jpeg(d: bytes):
+def _jpeg(d: bytes) -> tuple[int, int] | None:
     i, n = 2, len(d)
     while i + 4 <= n:
         if d[i] != 0xFF:
@@ -63,21 +65,21 @@ def _jpeg(d: bytes):
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
-        seg_len = struct.unpack(">H", d[i + 2 : i + 4])[0]
+        seg_len = int(struct.unpack(">H", d[i + 2 : i + 4])[0])
         # Start-of-frame markers carry the size; C4, C8 and CC are not frames.
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             h, w = struct.unpack(">HH", d[i + 5 : i + 9])
-            return w, h
+            return int(w), int(h)
         i += 2 + seg_len
     return None
 
 
-def _bmp(d: bytes):
+def _bmp(d: bytes) -> tuple[int, int] | None:
     w, h = struct.unpack("<ii", d[18:26])
-    return abs(w), abs(h)
+    return abs(int(w)), abs(int(h))
 
 
-def _webp(d: bytes):
+def _webp(d: bytes) -> tuple[int, int] | None:
     chunk = d[12:16]
     if chunk == b"VP8X":
         w = 1 + int.from_bytes(d[24:27], "little")
@@ -85,15 +87,18 @@ def _webp(d: bytes):
         return w, h
     if chunk == b"VP8 ":
         w, h = struct.unpack("<HH", d[26:30])
-        return w & 0x3FFF, h & 0x3FFF
+        return int(w) & 0x3FFF, int(h) & 0x3FFF
     if chunk == b"VP8L":
         b = int.from_bytes(d[21:25], "little")
         return (b & 0x3FFF) + 1, ((b >> 14) & 0x3FFF) + 1
     return None
 
 
-def _gif(d: bytes):
-    return struct.unpack("<HH", d[6:10])
+def _gif(d: bytes) -> tuple[int, int] | None:
+    w, h = struct.unpack("<HH", d[6:10])
+    return int(w), int(h)
 
 
-_SIZE_READERS = {"png": _png, "jpeg": _jpeg, "bmp": _bmp, "webp": _webp, "gif": _gif}
+_SIZE_READERS: dict[str, Callable[[bytes], tuple[int, int] | None]] = {
+    "png": _png, "jpeg": _jpeg, "bmp": _bmp, "webp": _webp, "gif": _gif,
+}

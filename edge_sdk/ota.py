@@ -11,41 +11,47 @@ The server's contract (cloud/app.py):
 The model is streamed into a temp file while hashed; its sha256 must equal the
 ETag, the sha256 header and the manifest's (which also brings the labels, the
 quantization and the recalibrated threshold). Then the model is loaded and
-checked (input shape, classes, quantization) and only then swapped in. Any
-failure raises :class:`UpdateError` and leaves the old model serving.
+checked (input shape, classes, quantization). Any failure raises
+:class:`UpdateError`.
 
-The verified model, its quantization and its threshold are also written into
-the bundle on disk (atomically, see :func:`edge_sdk.bundle.update_bundle`), so a
-restart keeps the update. If the disk refuses (read-only, full), the new model
-still serves from memory and :attr:`UpdateResult.persist_error` says why.
+This module only fetches and verifies: :func:`fetch_update` yields a
+:class:`VerifiedUpdate`, and the model that asked applies it under its own lock
+(``HybridClassifier.apply_update``), so nothing here reaches into a classifier.
+:func:`persist_update` writes the verified model, its quantization and its
+threshold into the bundle on disk (atomically, see
+:func:`edge_sdk.bundle.update_bundle`), so a restart keeps the update.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, Any
 
 from pydantic import ValidationError
 
-from .bundle import Manifest, update_bundle
-from .client import Sink, deadline_after
-from .errors import BundleError, CloudError, ModelLoadError, UpdateError
+from .bundle import Bundle, Manifest, update_bundle
+from .client import CloudClient, Reply, Sink, deadline_after
+from .errors import CloudError, ModelLoadError, UpdateError
 from .runtime import LocalModel
 
-if TYPE_CHECKING:
-    from .hybrid import HybridClassifier
-
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
 class UpdateResult:
+    """What ``check_for_update`` did."""
+
     updated: bool
     sha256: str  # the edge model serving now
     previous_sha256: str | None = None
@@ -55,8 +61,25 @@ class UpdateResult:
     persist_error: str | None = None
 
 
+@dataclass(frozen=True)
+class VerifiedUpdate:
+    """A downloaded edge model whose sha256 matched every header and the manifest, loaded and checked.
+
+    ``path`` holds the verified bytes only while :func:`fetch_update`'s context is open.
+    """
+
+    model: LocalModel
+    manifest: Manifest  # the server's manifest: routing (threshold, metric), version, the edge entry
+    path: Path
+    bytes_downloaded: int
+
+    @property
+    def sha256(self) -> str:
+        return self.model.sha256
+
+
 class _HashingFile(Sink):
-    def __init__(self, f: IO[bytes], max_bytes: int):
+    def __init__(self, f: IO[bytes], max_bytes: int) -> None:
         self.f, self.max_bytes = f, max_bytes
         self.reset()
 
@@ -83,7 +106,11 @@ def parse_etag(value: str | None) -> str | None:
 
 
 def parse_manifest(content: bytes) -> tuple[Manifest, str]:
-    """The ``?part=manifest`` document -> (bundle manifest, edge sha256 the server says it serves)."""
+    """The ``?part=manifest`` document -> (bundle manifest, edge sha256 the server says it serves).
+
+    Raises:
+        UpdateError: the document is not JSON of the expected shape.
+    """
     try:
         doc = json.loads(content)
         manifest = Manifest.model_validate(doc["manifest"])
@@ -93,70 +120,92 @@ def parse_manifest(content: bytes) -> tuple[Manifest, str]:
     return manifest, sha
 
 
-def check_for_update(
-    clf: HybridClassifier,
+@contextmanager
+def fetch_update(
+    cloud: CloudClient,
+    local: Manifest,
+    current_sha256: str | None,
     *,
     deadline_ms: float = 60_000.0,
-    max_bytes: int = 256 * 1024 * 1024,
-    tmp_dir: str | os.PathLike | None = None,
-    persist: bool = True,
-) -> UpdateResult:
-    """Download, verify and swap in a newer edge model if the server has one; with ``persist``, also into the bundle."""
-    if clf.cloud is None:
-        raise UpdateError("no cloud_url configured: nowhere to check for updates")
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    tmp_dir: str | os.PathLike[str] | None = None,
+    num_threads: int | None = None,
+    backend: str | Sequence[str] | None = None,
+) -> Iterator[VerifiedUpdate | None]:
+    """Ask the server for a newer edge model; yield it verified and loaded, or None when we are current.
+
+    Args:
+        cloud: the client of the server that serves this bundle's model.
+        local: this device's bundle manifest: the update must have its labels, input and preprocessing.
+        current_sha256: the edge model serving now (sent as If-None-Match), or None.
+        deadline_ms: for the whole check, both downloads included.
+        max_bytes: a larger download is refused.
+        tmp_dir: where the download is written while it is verified (default: the system's temp dir).
+        num_threads: interpreter threads for the new model.
+        backend: interpreter backend(s) for the new model.
+
+    Yields:
+        The verified update (its file exists until the context closes), or None on 304.
+
+    Raises:
+        UpdateError: the server failed or refused, or the download did not verify or load.
+    """
     deadline = deadline_after(deadline_ms)
-    current = clf.model.sha256 if clf.model is not None else None
-    headers = {"If-None-Match": f'"{current}"'} if current else {}
-    path = f"/v1/models/{clf.cloud.model_name}/edge"
+    headers = {"If-None-Match": f'"{current_sha256}"'} if current_sha256 else {}
+    path = f"/v1/models/{cloud.model_name}/edge"
     fd, tmp = tempfile.mkstemp(prefix=".hv-edge-", suffix=".tflite", dir=tmp_dir)
     try:
-        with os.fdopen(fd, "w+b") as f:
-            sink = _HashingFile(f, max_bytes)
-            reply = _get(clf, path, deadline, headers, sink)
-            if reply.status == 304:
-                return UpdateResult(False, current or "", current)
-            if reply.status != 200:
-                raise UpdateError(f"update check failed: the server answered {reply.status}")
-            f.flush()
-            got, size = sink.h.hexdigest(), sink.size
+        reply, sink = _download(cloud, path, deadline, headers, fd, max_bytes)
+        if reply.status == 304:
+            yield None
+            return
+        if reply.status != 200:
+            raise UpdateError(f"update check failed: the server answered {reply.status}")
+        got = sink.h.hexdigest()
         _check_headers(got, reply.headers)
-        mreply = _get(clf, path + "?part=manifest", deadline, {}, None)
-        if mreply.status != 200:
-            raise UpdateError(f"fetching the edge manifest failed: the server answered {mreply.status}")
-        manifest, manifest_sha = parse_manifest(mreply.content)
-        model = _verify_and_load(clf, tmp, got, manifest, manifest_sha)
-        if model.sha256 == current:
-            return UpdateResult(False, current, current, size)
-        persist_error = _persist(clf, tmp, manifest) if persist else None
+        manifest, manifest_sha = _fetch_manifest(cloud, path, deadline)
+        _check_manifest(got, manifest, manifest_sha, local)
+        model = _load(tmp, got, manifest, num_threads, backend)
+        yield VerifiedUpdate(model, manifest, Path(tmp), sink.size)
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
-    old = clf.swap_model(model, threshold=manifest.routing.threshold, metric=manifest.routing.metric)
-    log.info("edge model updated %s -> %s", (old.sha256[:12] if old else None), model.sha256[:12])
-    return UpdateResult(True, model.sha256, current, size, clf.threshold,
-                        persisted=persist and persist_error is None, persist_error=persist_error)
 
 
-def _persist(clf: HybridClassifier, tmp: str, server: Manifest) -> str | None:
-    """Write the verified model, its quantization and threshold into the bundle on disk; None, or why not."""
-    local = clf.bundle.manifest
+def persist_update(bundle: Bundle, update: VerifiedUpdate) -> Bundle:
+    """Write the verified model, its quantization and threshold into ``bundle`` on disk; the new Bundle.
+
+    Raises:
+        OSError, BundleError: the disk refused (read-only, full); the bundle on disk is unchanged.
+    """
+    local, server = bundle.manifest, update.manifest
     name = local.models["edge"].file if "edge" in local.models else server.models["edge"].file
     entry = server.models["edge"].model_copy(update={"file": name})
     manifest = local.model_copy(deep=True, update={
         "models": {**local.models, "edge": entry}, "routing": server.routing, "version": server.version})
-    try:
-        clf.bundle = update_bundle(clf.bundle, manifest, {name: tmp})
-    except (OSError, BundleError) as e:
-        log.warning("edge model updated in memory only: cannot write it into %s: %s", clf.bundle.path, e)
-        return f"{type(e).__name__}: {e}"
-    return None
+    return update_bundle(bundle, manifest, {name: update.path})
 
 
-def _get(clf: HybridClassifier, path: str, deadline: float, headers: Mapping[str, str], sink):
+def _download(cloud: CloudClient, path: str, deadline: float, headers: Mapping[str, str], fd: int,
+              max_bytes: int) -> tuple[Reply, _HashingFile]:
+    """GET the model into the open temp file ``fd``, hashing it on the way."""
+    with os.fdopen(fd, "w+b") as f:
+        sink = _HashingFile(f, max_bytes)
+        reply = _get(cloud, path, deadline, headers, sink)
+        f.flush()
+    return reply, sink
+
+
+def _fetch_manifest(cloud: CloudClient, path: str, deadline: float) -> tuple[Manifest, str]:
+    reply = _get(cloud, path + "?part=manifest", deadline, {}, None)
+    if reply.status != 200:
+        raise UpdateError(f"fetching the edge manifest failed: the server answered {reply.status}")
+    return parse_manifest(reply.content)
+
+
+def _get(cloud: CloudClient, path: str, deadline: float, headers: Mapping[str, str], sink: Sink | None) -> Reply:
     try:
-        return clf.cloud.get(path, deadline, headers=headers, sink=sink)
+        return cloud.get(path, deadline, headers=headers, sink=sink)
     except CloudError as e:
         raise UpdateError(f"update check failed: {e}") from e
 
@@ -171,7 +220,7 @@ def _check_headers(got: str, headers: Mapping[str, Any]) -> None:
             raise UpdateError(f"corrupt download: sha256 {got[:12]}… does not match the {what} {want[:12]}…")
 
 
-def _verify_and_load(clf: HybridClassifier, tmp: str, got: str, manifest: Manifest, manifest_sha: str) -> LocalModel:
+def _check_manifest(got: str, manifest: Manifest, manifest_sha: str, local: Manifest) -> None:
     edge = manifest.models.get("edge")
     if edge is None or edge.format != "tflite-int8":
         raise UpdateError("the server's manifest has no tflite-int8 edge model")
@@ -181,16 +230,21 @@ def _verify_and_load(clf: HybridClassifier, tmp: str, got: str, manifest: Manife
                 f"the downloaded model (sha256 {got[:12]}…) does not match the {what} ({want[:12]}…); "
                 "the server may have changed model mid-update or the download is corrupt"
             )
-    if manifest.labels != clf.labels:
+    if manifest.labels != local.labels:
         raise UpdateError("the new model's labels differ from this bundle's; install the new bundle instead")
-    if manifest.input != clf.input or manifest.preprocess != clf.pp:
+    if manifest.input != local.input or manifest.preprocess != local.preprocess:
         raise UpdateError("the new model expects different input or preprocessing; install the new bundle instead")
+
+
+def _load(tmp: str, got: str, manifest: Manifest, num_threads: int | None,
+          backend: str | Sequence[str] | None) -> LocalModel:
+    edge = manifest.models["edge"]
     try:
         model = LocalModel(
-            tmp, num_threads=clf.num_threads, backend=clf.backend, expected_sha256=got,
+            tmp, num_threads=num_threads, backend=backend, expected_sha256=got,
             input_quant=edge.input_quant, output_quant=edge.output_quant,
         )
-        clf._check_model(model)
+        model.check_fits(manifest.input, len(manifest.labels))
     except ModelLoadError as e:
         raise UpdateError(f"the downloaded model was refused: {e}") from e
     return model

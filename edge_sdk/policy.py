@@ -1,44 +1,45 @@
 """When to trust the edge answer and when to ask the cloud: pure functions, no I/O.
 
 Everything here is a function of its arguments, so the whole routing table can
-be tested without a model, a network or a clock.
+be tested without a model, a network or a clock. The reasons a
+:class:`Decision` carries are :class:`edge_sdk.reasons.Reason` members.
 
-Reasons a :class:`Decision` (and so a ``Prediction``) carries:
-
-=====================  ==========================================================
-``confident``          edge answer met the threshold (source "edge")
-``low_confidence``     edge answer was unsure, so the cloud was asked
-``no_capacity:<name>`` a capacity probe (memory, cpu, inflight, ...) said no to
-                       running the edge model, so the cloud was asked
-``model_unavailable``  the edge model is not loaded or failed to run
-``edge_only``          mode edge_only: the edge answers, whatever its confidence
-``cloud_only``         mode cloud_only: the cloud answers
-``cloud_unavailable``  the cloud was wanted but no cloud URL is configured
-``circuit_open``       the cloud was wanted but the circuit breaker is open
-``deadline``           the cloud was wanted but the call's deadline left no time
-                       (or ran out while waiting for it)
-``cloud_error:<cause>`` the cloud call failed; cause is the CloudError reason
-                       (connection, timeout, http_500, http_401, overloaded,
-                       bad_response, ...)
-=====================  ==========================================================
-
-A reason from the last four groups on a source="edge" answer means the edge
-answer was unsure (or unchecked) but the cloud could not help.
+The table is :func:`decide`: given the mode, the edge's :class:`Verdict` (or
+why the edge did not run) and why a cloud call cannot be made now (asked only
+when the cloud could be chosen), it says who answers. :func:`route` is the same
+table for a classifier's confidence score and threshold.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
+
+from .reasons import Reason
 
 Metric = Literal["max_prob", "margin", "entropy"]
 Mode = Literal["auto", "edge_only", "cloud_only"]
 Action = Literal["edge", "cloud", "fail"]
-METRICS: tuple[str, ...] = ("max_prob", "margin", "entropy")
-MODES: tuple[str, ...] = ("auto", "edge_only", "cloud_only")
+METRICS: tuple[str, ...] = get_args(Metric)
+MODES: tuple[str, ...] = get_args(Mode)
 _EPS = 1e-12
+
+
+def check_mode(mode: str) -> Mode:
+    """``mode`` if it is one of :data:`MODES`; else a ValueError naming the choices."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    return mode  # type: ignore[return-value]
+
+
+def check_metric(metric: str) -> Metric:
+    """``metric`` if it is one of :data:`METRICS`; else a ValueError naming the choices."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown confidence metric {metric!r}; choose from {', '.join(METRICS)}")
+    return metric  # type: ignore[return-value]
 
 
 def confidence(probs: np.ndarray, metric: str = "max_prob") -> np.ndarray | float:
@@ -46,6 +47,9 @@ def confidence(probs: np.ndarray, metric: str = "max_prob") -> np.ndarray | floa
 
     max_prob: p1; margin: p1 - p2; entropy: -sum p ln p with p clipped at 1e-12
     (lower is more confident).
+
+    Raises:
+        ValueError: an unknown metric, or probabilities that are not [C] or [N, C] with C >= 2.
     """
     if metric == "max_prob" and isinstance(probs, np.ndarray) and probs.ndim == 1 and probs.shape[0] >= 2:
         return float(probs.max())  # the per-call fast path
@@ -65,26 +69,95 @@ def confidence(probs: np.ndarray, metric: str = "max_prob") -> np.ndarray | floa
     return float(out) if p.ndim == 1 else out
 
 
-def is_confident(score, threshold: float, metric: str = "max_prob"):
-    """Entropy is confident at or below the threshold; max_prob and margin at or above it."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown confidence metric {metric!r}; choose from {', '.join(METRICS)}")
+def is_confident(score: Any, threshold: float, metric: str = "max_prob") -> Any:
+    """Entropy is confident at or below the threshold; max_prob and margin at or above it (scalars or arrays)."""
+    check_metric(metric)
     return score <= threshold if metric == "entropy" else score >= threshold
+
+
+class Verdict(NamedTuple):
+    """What the edge's output says about itself: its score, whether that is good enough, and if not, why
+    the cloud is wanted (``low_confidence``; a scorer may give another reason, e.g. out of distribution)."""
+
+    score: float
+    confident: bool
+    unsure: Reason = Reason.LOW_CONFIDENCE
+
+
+class ConfidenceScorer:
+    """A classifier's scorer: a confidence metric of the edge's probabilities against a threshold.
+
+    This is the routing path's pluggable score step (see :class:`edge_sdk.routing.Scorer`); a metric
+    that needs more than the probabilities (a learned deferral model) is another scorer, not a branch here.
+    """
+
+    __slots__ = ("metric", "threshold", "_max_prob")
+
+    def __init__(self, metric: str, threshold: float) -> None:
+        """Raises:
+        ValueError: an unknown metric.
+        """
+        self.metric: Metric = check_metric(metric)
+        self.threshold = float(threshold)
+        self._max_prob = metric == "max_prob"
+
+    def __call__(self, probs: np.ndarray) -> Verdict:
+        if self._max_prob:  # the per-call fast path: a short list's max beats a numpy reduction's overhead
+            score = max(probs.tolist()) if probs.shape[0] <= 64 else float(probs.max())
+            return Verdict(score, score >= self.threshold)
+        score = float(confidence(probs, self.metric))
+        return Verdict(score, bool(is_confident(score, self.threshold, self.metric)))
+
+    def __repr__(self) -> str:
+        return f"ConfidenceScorer({self.metric!r}, {self.threshold!r})"
 
 
 @dataclass(frozen=True)
 class Decision:
     action: Action  # "edge": answer from the edge; "cloud": ask the cloud; "fail": nobody can answer
-    reason: str
+    reason: Reason
 
 
-def edge_skip_reason(failed_probe: str | None, model_loaded: bool) -> str | None:
+_CONFIDENT = Decision("edge", Reason.CONFIDENT)
+_EDGE_ONLY = Decision("edge", Reason.EDGE_ONLY)
+
+
+def edge_skip_reason(failed_probe: str | None, model_loaded: bool) -> Reason | None:
     """Why the edge model must not run now, or None when it may."""
     if not model_loaded or failed_probe == "model":
-        return "model_unavailable"
+        return Reason.MODEL_UNAVAILABLE
     if failed_probe:
-        return f"no_capacity:{failed_probe}"
+        return Reason.no_capacity(failed_probe)
     return None
+
+
+def decide(
+    mode: Mode, verdict: Verdict | None, edge_skip: Reason | None, why_not_cloud: Callable[[], Reason | None]
+) -> Decision:
+    """Who answers one image.
+
+    Args:
+        mode: auto, edge_only or cloud_only (already checked).
+        verdict: the edge output's verdict; None when the edge did not run (``edge_skip`` says why).
+        edge_skip: why the edge did not run, when it did not.
+        why_not_cloud: asked only when the cloud could be chosen: why a cloud call cannot be made now,
+            or None when it can (see :func:`cloud_blocker`).
+
+    Returns:
+        The action and its reason.
+    """
+    if mode == "edge_only":
+        return _EDGE_ONLY if verdict is not None else Decision("fail", edge_skip or Reason.MODEL_UNAVAILABLE)
+    if mode == "auto":
+        if verdict is not None and verdict.confident:
+            return _CONFIDENT
+        wanted = verdict.unsure if verdict is not None else (edge_skip or Reason.MODEL_UNAVAILABLE)
+    else:
+        wanted = Reason.CLOUD_ONLY
+    blocked = why_not_cloud()
+    if blocked is None:
+        return Decision("cloud", wanted)
+    return Decision("edge" if verdict is not None and mode == "auto" else "fail", blocked)
 
 
 def route(
@@ -93,49 +166,42 @@ def route(
     edge_score: float | None,
     threshold: float,
     metric: str = "max_prob",
-    edge_skip: str | None = None,
+    edge_skip: Reason | None = None,
     cloud_configured: bool = True,
     breaker_allows: bool = True,
     time_left_s: float = float("inf"),
     min_cloud_s: float = 0.005,
 ) -> Decision:
-    """Route one image, given what the edge said (``edge_score`` None: it did not run, ``edge_skip`` says why).
+    """Route one image by a confidence score (``edge_score`` None: the edge did not run, ``edge_skip`` says why).
 
-    The breaker input is whether it would let a request through now; the caller
-    asks it only when this function could choose the cloud.
+    The same table as :func:`decide`, for callers that have a score and a threshold rather than a verdict.
+
+    Raises:
+        ValueError: an unknown mode or metric.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    have_edge = edge_score is not None
-    if mode == "edge_only":
-        return Decision("edge", "edge_only") if have_edge else Decision("fail", edge_skip or "model_unavailable")
-    if mode == "auto":
-        if have_edge and is_confident(edge_score, threshold, metric):
-            return Decision("edge", "confident")
-        wanted = "low_confidence" if have_edge else (edge_skip or "model_unavailable")
-    else:
-        wanted = "cloud_only"
-    blocked = cloud_blocker(cloud_configured, breaker_allows, time_left_s, min_cloud_s)
-    if blocked is None:
-        return Decision("cloud", wanted)
-    return Decision("edge" if have_edge and mode == "auto" else "fail", blocked)
+    verdict = None if edge_score is None else Verdict(edge_score, bool(is_confident(edge_score, threshold, metric)))
+    return decide(
+        check_mode(mode), verdict, edge_skip,
+        lambda: cloud_blocker(cloud_configured, breaker_allows, time_left_s, min_cloud_s),
+    )
 
 
-def cloud_blocker(cloud_configured: bool, breaker_allows: bool, time_left_s: float, min_cloud_s: float) -> str | None:
+def cloud_blocker(
+    cloud_configured: bool, breaker_allows: bool, time_left_s: float, min_cloud_s: float
+) -> Reason | None:
     """Why a cloud call cannot be made now, or None when it can."""
     if not cloud_configured:
-        return "cloud_unavailable"
+        return Reason.CLOUD_UNAVAILABLE
     if time_left_s < min_cloud_s:
-        return "deadline"
+        return Reason.DEADLINE
     if not breaker_allows:
-        return "circuit_open"
+        return Reason.CIRCUIT_OPEN
     return None
 
 
 def after_cloud_failure(mode: str, have_edge: bool, error_reason: str) -> Decision:
     """The cloud was asked and failed: fall back to the edge answer if there is one."""
-    plain = ("deadline", "circuit_open", "cloud_unavailable")
-    reason = error_reason if error_reason in plain else f"cloud_error:{error_reason}"
+    reason = Reason.cloud_failed(error_reason)
     if have_edge and mode == "auto":
         return Decision("edge", reason)
     return Decision("fail", reason)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -23,9 +23,9 @@ from .imageinfo import read_info
 
 # OpenCV's own guard is 2^30 pixels; ours is checked from the header, before it.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 28))
-import cv2  # noqa: E402
+import cv2 as cv2  # noqa: E402  (re-exported: importing it from here sets the pixel limit first)
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
+ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray
 DECODABLE = ("png", "jpeg", "bmp", "webp")
 
 
@@ -99,7 +99,9 @@ def decode_bytes(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarra
     if not data:
         raise InvalidImageError("empty image: 0 bytes")
     if len(data) > limits.max_bytes:
-        raise InvalidImageError(f"encoded image is {len(data)} bytes, over the limit of {limits.max_bytes}", "too_large")
+        raise InvalidImageError(
+            f"encoded image is {len(data)} bytes, over the limit of {limits.max_bytes}", "too_large"
+        )
     info = read_info(data)
     if info.format not in DECODABLE:
         what = "not a recognised image format" if info.format == "unknown" else f"format {info.format} is not supported"
@@ -143,7 +145,7 @@ def normalize(rgb: np.ndarray, inp: InputSpec, pp: PreprocessSpec) -> np.ndarray
     img = rgb
     if inp.channels == 1:
         img = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
-    x = img.astype(np.float32) * np.float32(pp.scale)
+    x: np.ndarray = img.astype(np.float32) * np.float32(pp.scale)
     mean = np.asarray(pp.mean, np.float32)
     std = np.asarray(pp.std, np.float32)
     if mean.any():
@@ -157,11 +159,14 @@ def quantize(x: np.ndarray, q: QuantParams) -> np.ndarray:
     """float32 -> the edge model's int8/uint8 input, with the model's own scale."""
     info = np.iinfo(q.dtype)
     v = np.rint(x / np.float32(q.scale)) + q.zero_point
-    return np.clip(v, info.min, info.max).astype(q.dtype)
+    out: np.ndarray = np.clip(v, info.min, info.max).astype(q.dtype)
+    return out
 
 
 def dequantize(v: np.ndarray, q: QuantParams) -> np.ndarray:
-    return (v.astype(np.float32) - np.float32(q.zero_point)) * np.float32(q.scale)
+    """The edge model's int8/uint8 output -> float32 with the model's own scale."""
+    out: np.ndarray = (v.astype(np.float32) - np.float32(q.zero_point)) * np.float32(q.scale)
+    return out
 
 
 def preprocess(
@@ -179,7 +184,7 @@ def preprocess(
     return quantize(x, quant) if quant is not None else x
 
 
-def preprocess_batch(srcs: Sequence[ImageInput], inp: InputSpec, pp: PreprocessSpec, **kw) -> np.ndarray:
+def preprocess_batch(srcs: Sequence[ImageInput], inp: InputSpec, pp: PreprocessSpec, **kw: Any) -> np.ndarray:
     """Several inputs -> NxHxWxC; raises on the first bad one, naming its index."""
     out = []
     for i, s in enumerate(srcs):

@@ -237,8 +237,9 @@ def parse_outputs(body: Any, n: int, num_classes: int,
     if not np.isfinite(probs).all():
         raise ValueError(f"'{PROBS_OUTPUT}' contains NaN or Inf")
     if probs.size and (probs.min() < -1e-3 or probs.max() > 1 + 1e-3 or not np.allclose(probs.sum(1), 1, atol=1e-2)):
-        raise ValueError(f"'{PROBS_OUTPUT}' rows are not probability distributions "
-                         "(logits from a model without softmax?)")
+        raise ValueError(
+            f"'{PROBS_OUTPUT}' rows are not probability distributions (logits from a model without softmax?)"
+        )
     labels = None
     if LABEL_OUTPUT in by_name:
         labels = _labels(*by_name[LABEL_OUTPUT], n)

@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .bundle import Bundle
 from .errors import ModelLoadError
 from .preprocess import InputSpec, PreprocessSpec, QuantParams, dequantize, normalize, quantize
 
@@ -31,17 +32,24 @@ log = logging.getLogger(__name__)
 BACKENDS: tuple[str, ...] = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 
 
-def _load_backend(name: str) -> Callable[..., Any]:
+Interpreter = Any  # a TFLite Interpreter of whichever backend (they share the API, not a type)
+
+
+def _load_backend(name: str) -> Callable[..., Interpreter]:
     """The Interpreter class of one backend; ImportError if it is not installed."""
+    cls: Callable[..., Interpreter]
     if name == "ai_edge_litert":
-        return importlib.import_module("ai_edge_litert.interpreter").Interpreter
+        cls = importlib.import_module("ai_edge_litert.interpreter").Interpreter
+        return cls
     if name == "tflite_runtime":
-        return importlib.import_module("tflite_runtime.interpreter").Interpreter
+        cls = importlib.import_module("tflite_runtime.interpreter").Interpreter
+        return cls
     if name == "tensorflow":
         # Last resort only: a device should never need TensorFlow installed.
         import tensorflow.lite as tfl  # noqa: PLC0415
 
-        return tfl.Interpreter
+        cls = tfl.Interpreter
+        return cls
     raise ValueError(f"unknown interpreter backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
@@ -58,7 +66,7 @@ def find_interpreter(preferred: Sequence[str] = BACKENDS) -> tuple[str, Callable
     )
 
 
-def _quant_of(detail: dict, what: str) -> QuantParams:
+def _quant_of(detail: dict[str, Any], what: str) -> QuantParams:
     scale, zero = detail.get("quantization", (0.0, 0))
     dtype = np.dtype(detail["dtype"])
     if dtype not in (np.int8, np.uint8) or not scale:
@@ -89,8 +97,8 @@ class PixelQuantizer:
         ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # 1x256x3, R=G=B=v
         table = quantize(normalize(ramp, inp, pp), quant)[0]  # 256 x C
         per_channel = inp.channels == 3 and not (table == table[:, :1]).all()
-        self._table = table if per_channel else np.ascontiguousarray(table[:, 0])
-        self._per_channel = per_channel
+        # cv2.LUT's table: 256 entries, one channel (the same for R, G, B) or one per channel
+        self._lut = np.ascontiguousarray(table.reshape(256, 1, 3) if per_channel else table[:, 0])
         rng = np.random.default_rng(0)
         probes = [rng.integers(0, 256, (inp.height, inp.width, 3), dtype=np.uint8) for _ in range(3)]
         probes.append(np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2))
@@ -102,21 +110,29 @@ class PixelQuantizer:
         return quantize(normalize(rgb, self.inp, self.pp), self.quant)
 
     def _lookup(self, rgb: np.ndarray) -> np.ndarray:
+        """The table look-up (cv2.LUT: one pass in C, several times faster than numpy's fancy indexing)."""
         if self.inp.channels == 1:
-            return self._table[cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)][..., None]
-        if self._per_channel:
-            return self._table[rgb, _CHANNELS]
-        return self._table[rgb]
+            return cv2.LUT(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), self._lut)[..., None]
+        return cv2.LUT(rgb, self._lut)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         return self._lookup(rgb) if self.exact else self.direct(rgb)
 
 
-_CHANNELS = np.arange(3)
-
 
 def _same_quant(a: QuantParams, b: QuantParams) -> bool:
-    return a.dtype == b.dtype and a.zero_point == b.zero_point and abs(a.scale - b.scale) <= 1e-6 * max(a.scale, b.scale)
+    close = abs(a.scale - b.scale) <= 1e-6 * max(a.scale, b.scale)
+    return a.dtype == b.dtype and a.zero_point == b.zero_point and close
+
+
+def _read_model(model: str | Path | bytes) -> tuple[bytes, str]:
+    """The model's bytes and where they came from (for messages)."""
+    if isinstance(model, (str, Path)):
+        try:
+            return Path(model).read_bytes(), str(model)
+        except OSError as e:
+            raise ModelLoadError(f"{model}: cannot read the edge model ({e.strerror or e})") from None
+    return bytes(model), "<memory>"
 
 
 class LocalModel:
@@ -132,18 +148,25 @@ class LocalModel:
         output_quant: QuantParams | None = None,
         expected_sha256: str | None = None,
     ):
-        """Load and check the model. The quantization read from the model itself is what is used; if the
-        manifest's ``input_quant``/``output_quant`` are given they must agree with it (a mismatch means a
-        broken bundle, so it is refused rather than silently giving wrong answers)."""
-        if isinstance(model, (str, Path)):
-            try:
-                content = Path(model).read_bytes()
-            except OSError as e:
-                raise ModelLoadError(f"{model}: cannot read the edge model ({e.strerror or e})") from None
-            self.source = str(model)
-        else:
-            content = bytes(model)
-            self.source = "<memory>"
+        """Load and check the model.
+
+        The quantization read from the model itself is what is used; if the manifest's
+        ``input_quant``/``output_quant`` are given they must agree with it (a mismatch means a broken
+        bundle, so it is refused rather than silently giving wrong answers).
+
+        Args:
+            model: a .tflite file or its bytes.
+            num_threads: interpreter threads (None: the backend's default).
+            backend: the backend(s) to try, in order (default: :data:`BACKENDS`).
+            input_quant: the manifest's input quantization, to check against the model's.
+            output_quant: the manifest's output quantization, to check against the model's.
+            expected_sha256: the manifest's sha256 of the file.
+
+        Raises:
+            ModelLoadError: unreadable, a checksum mismatch, no interpreter, not a 1-in/1-out full-integer
+                classifier, or quantization that disagrees with the manifest.
+        """
+        content, self.source = _read_model(model)
         self.sha256 = hashlib.sha256(content).hexdigest()
         if expected_sha256 and expected_sha256 != self.sha256:
             raise ModelLoadError(
@@ -155,32 +178,46 @@ class LocalModel:
         self.backend, self._interpreter_cls = find_interpreter(preferred)
         self._local = threading.local()
         interp = self._new_interpreter()  # fails here, not on the first predict, if the model is bad
+        self._read_io(interp)
+        self._check_quant(input_quant, self.input_quant, "input")
+        self._check_quant(output_quant, self.output_quant, "output")
+        self._input_dtype = np.dtype(self.input_quant.dtype)
+        self._deq = _dequant_table(self.output_quant)
+        self._bind(interp)
+
+    def _read_io(self, interp: Any) -> None:
+        """Shapes and quantization of the one input and one output; ModelLoadError if it is not a classifier."""
         inp = interp.get_input_details()
         out = interp.get_output_details()
         if len(inp) != 1 or len(out) != 1:
             raise ModelLoadError(f"{self.source}: expected 1 input and 1 output, got {len(inp)} and {len(out)}")
         in_shape, out_shape = tuple(int(d) for d in inp[0]["shape"]), tuple(int(d) for d in out[0]["shape"])
         if len(in_shape) != 4 or in_shape[0] != 1 or len(out_shape) != 2 or out_shape[0] != 1:
-            raise ModelLoadError(f"{self.source}: expected input [1,H,W,C] and output [1,C], got {in_shape} and {out_shape}")
-        self.input_shape: tuple[int, int, int] = in_shape[1:]  # type: ignore[assignment]
+            raise ModelLoadError(
+                f"{self.source}: expected input [1,H,W,C] and output [1,C], got {in_shape} and {out_shape}"
+            )
+        self.input_shape: tuple[int, int, int] = (in_shape[1], in_shape[2], in_shape[3])
+        self._batch_shape = in_shape
         self.num_classes = out_shape[1]
         self.input_quant = _quant_of(inp[0], "input")
         self.output_quant = _quant_of(out[0], "output")
-        for given, actual, what in ((input_quant, self.input_quant, "input"), (output_quant, self.output_quant, "output")):
-            if given is not None and not _same_quant(given, actual):
-                raise ModelLoadError(
-                    f"{self.source}: manifest {what}_quant {given.model_dump()} does not match "
-                    f"the model's own {actual.model_dump()}"
-                )
-        self._input_dtype = np.dtype(self.input_quant.dtype)
-        self._deq = _dequant_table(self.output_quant)
-        self._bind(interp)
+
+    def _check_quant(self, given: QuantParams | None, actual: QuantParams, what: str) -> None:
+        if given is not None and not _same_quant(given, actual):
+            raise ModelLoadError(
+                f"{self.source}: manifest {what}_quant {given.model_dump()} does not match "
+                f"the model's own {actual.model_dump()}"
+            )
 
     @classmethod
     def from_bundle(
-        cls, bundle, *, num_threads: int | None = None, backend: str | Sequence[str] | None = None
+        cls, bundle: Bundle, *, num_threads: int | None = None, backend: str | Sequence[str] | None = None
     ) -> LocalModel:
-        """The bundle's ``edge`` model (format tflite-int8), checked against the manifest's sha256 and quantization."""
+        """The bundle's ``edge`` model (format tflite-int8), checked against the manifest's sha256 and quantization.
+
+        Raises:
+            ModelLoadError: no edge model, another format, or the model fails to load (see ``__init__``).
+        """
         m = bundle.manifest.models.get("edge")
         if m is None:
             raise ModelLoadError(f"{bundle.path}: bundle has no edge model; run `hybrid-vision quantize` on it")
@@ -193,33 +230,37 @@ class LocalModel:
 
     # --- per-thread interpreters -------------------------------------------------
 
-    def _new_interpreter(self):
+    def _new_interpreter(self) -> Interpreter:
         try:
             interp = self._interpreter_cls(model_content=self._content, num_threads=self.num_threads)
             interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            raise ModelLoadError(f"{self.source}: the {self.backend} interpreter cannot load this model: {e}") from None
+            raise ModelLoadError(
+                f"{self.source}: the {self.backend} interpreter cannot load this model: {e}"
+            ) from None
         return interp
 
-    def _bind(self, interp) -> tuple:
-        slot = (interp, interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"])
+    def _bind(self, interp: Interpreter) -> tuple[Interpreter, int, int]:
+        slot = (interp, int(interp.get_input_details()[0]["index"]), int(interp.get_output_details()[0]["index"]))
         self._local.slot = slot
         return slot
 
-    def _slot(self) -> tuple:
+    def _slot(self) -> tuple[Interpreter, int, int]:
         try:
-            return self._local.slot
+            slot: tuple[Interpreter, int, int] = self._local.slot
         except AttributeError:
             return self._bind(self._new_interpreter())
+        return slot
 
     # --- inference -----------------------------------------------------------------
 
     def predict_quantized(self, xq: np.ndarray) -> np.ndarray:
         """One already-quantized HxWxC (or 1xHxWxC) input -> probabilities [C] float32."""
         interp, i_in, i_out = self._slot()
-        interp.set_tensor(i_in, xq.reshape((1,) + self.input_shape))
+        interp.set_tensor(i_in, xq.reshape(self._batch_shape))
         interp.invoke()
-        return self._deq[interp.get_tensor(i_out)[0].view(np.uint8)]
+        probs: np.ndarray = self._deq[interp.get_tensor(i_out)[0].view(np.uint8)]
+        return probs
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """float32 HxWxC as edge_sdk.preprocess makes it -> the model's integer input."""
@@ -238,10 +279,22 @@ class LocalModel:
             out[i] = self.predict(x)
         return out
 
+    def check_fits(self, inp: InputSpec, num_classes: int) -> None:
+        """Raise ModelLoadError unless this model takes ``inp``'s shape and gives ``num_classes`` outputs.
+
+        Raises:
+            ModelLoadError: the input shape or the number of classes differs.
+        """
+        want = (inp.height, inp.width, inp.channels)
+        if self.input_shape != want:
+            raise ModelLoadError(f"edge model input {self.input_shape} does not match the bundle's input {want}")
+        if self.num_classes != num_classes:
+            raise ModelLoadError(f"edge model has {self.num_classes} outputs for {num_classes} labels")
+
     def dequantize_output(self, q: np.ndarray) -> np.ndarray:
         return dequantize(q, self.output_quant)
 
-    def bare_interpreter(self):
+    def bare_interpreter(self) -> Interpreter:
         """A fresh interpreter of the same model (for benchmarks that compare against the bare invoke)."""
         return self._new_interpreter()
 

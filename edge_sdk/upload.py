@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -25,7 +26,8 @@ from .errors import InvalidImageError
 from .preprocess import ImageInput, cv2, encode_jpeg, encode_png
 from .protocol import PROBS_OUTPUT, InferPayload, images_payload, tensor_payload
 
-UPLOADS: tuple[str, ...] = ("jpeg", "original", "tensor")
+Upload = Literal["jpeg", "original", "tensor"]
+UPLOADS: tuple[str, ...] = get_args(Upload)
 
 
 @dataclass
@@ -37,10 +39,11 @@ class Staged:
     resized: np.ndarray  # model-size RGB uint8
 
 
-def check_upload(upload: str) -> str:
+def check_upload(upload: str) -> Upload:
+    """``upload`` if it is one of :data:`UPLOADS`; else a ValueError naming the choices."""
     if upload not in UPLOADS:
         raise ValueError(f"unknown upload {upload!r}; choose from {', '.join(UPLOADS)}")
-    return upload
+    return upload  # type: ignore[return-value]
 
 
 ASKED = (PROBS_OUTPUT,)  # all the SDK reads; a server need not send (or even have) the label output

@@ -33,7 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--api-key-env", default="HV_API_KEY", help="environment variable holding the API key [HV_API_KEY]")
     p.add_argument("--mode", choices=("auto", "edge_only", "cloud_only"), default=None,
                    help="routing mode [auto with --cloud-url, else edge_only]")
-    p.add_argument("--deadline-ms", type=float, default=200.0, help="per-frame deadline; a late cloud keeps the edge answer [200]")
+    p.add_argument("--deadline-ms", type=float, default=200.0,
+                   help="per-frame deadline; a late cloud keeps the edge answer [200]")
     p.add_argument("--out", default=None, help="write the labelled video here (.avi: MJPG, .mp4: mp4v)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--no-window", action="store_true", help="headless: do not open a window")
@@ -44,7 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def open_source(source: str) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(int(source)) if source.isdigit() else cv2.VideoCapture(source)
     if not cap.isOpened():
-        raise SystemExit(f"camera_loop: cannot open video source {source!r} (no such camera or file, or no codec for it)")
+        raise SystemExit(
+            f"camera_loop: cannot open video source {source!r} (no such camera or file, or no codec for it)"
+        )
     return cap
 
 
@@ -70,6 +73,27 @@ def overlay(frame: np.ndarray, label: str, confidence: float, source: str, ms: f
     return out
 
 
+def classify_frame(clf: HybridClassifier, frame, index: int, print_frames: bool):
+    """The frame with its answer drawn on it (a "?" when neither side could answer: keep going)."""
+    try:
+        p = clf.predict(frame)  # OpenCV gives BGR, the SDK's default
+    except HybridVisionError as e:
+        print(f"frame {index}: no answer: {e}", file=sys.stderr)
+        return overlay(frame, "?", 0.0, "none", 0.0)
+    if print_frames:
+        print(f"frame {index}\t{p.label}\t{p.confidence:.4f}\t{p.source}\t{p.reason}", flush=True)
+    return overlay(frame, p.label, p.confidence, p.source, p.latency_ms["total"])
+
+
+def show(frame) -> bool:
+    """Show the frame in a window; False once the user pressed q or Esc."""
+    try:
+        cv2.imshow("hybrid-vision", frame)
+    except cv2.error:
+        raise SystemExit("camera_loop: this OpenCV has no GUI (headless build); use --no-window") from None
+    return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     mode = args.mode or ("auto" if args.cloud_url else "edge_only")
@@ -85,26 +109,13 @@ def main(argv=None) -> int:
             ok, frame = cap.read()
             if not ok:
                 break
-            try:
-                p = clf.predict(frame)  # OpenCV gives BGR, the SDK's default
-            except HybridVisionError as e:  # neither side could answer this frame: show it, keep going
-                print(f"frame {frames}: no answer: {e}", file=sys.stderr)
-                shown = overlay(frame, "?", 0.0, "none", 0.0)
-            else:
-                shown = overlay(frame, p.label, p.confidence, p.source, p.latency_ms["total"])
-                if args.print_frames:
-                    print(f"frame {frames}\t{p.label}\t{p.confidence:.4f}\t{p.source}\t{p.reason}", flush=True)
+            shown = classify_frame(clf, frame, frames, args.print_frames)
             frames += 1
             if args.out:
                 writer = writer or open_writer(args.out, shown, fps)
                 writer.write(shown)
-            if not args.no_window:
-                try:
-                    cv2.imshow("hybrid-vision", shown)
-                except cv2.error:
-                    raise SystemExit("camera_loop: this OpenCV has no GUI (headless build); use --no-window") from None
-                if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                    break
+            if not args.no_window and not show(shown):
+                break
     except KeyboardInterrupt:
         pass
     finally:
@@ -116,9 +127,9 @@ def main(argv=None) -> int:
         clf.close()
     s = clf.stats()
     secs = time.perf_counter() - t0
-    lat = s["latency_ms"]["total"]
-    print(f"processed {frames} frames in {secs:.1f} s: " + ", ".join(f"{k} {v}" for k, v in sorted(s["by_source"].items()))
-          + (f"; mean {lat['mean']:.1f} ms, p95 {lat['p95']:.1f} ms per frame" if lat.get("n") else "")
+    lat = s.latency_ms["total"]
+    print(f"processed {frames} frames in {secs:.1f} s: " + ", ".join(f"{k} {v}" for k, v in sorted(s.by_source.items()))
+          + (f"; mean {lat.mean:.1f} ms, p95 {lat.p95:.1f} ms per frame" if lat.n else "")
           + (f"; wrote {args.out}" if args.out and writer is not None else ""))
     return 0 if frames else 1
 

@@ -66,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--api-key-env", default="HV_API_KEY", help="environment variable holding the API key [HV_API_KEY]")
     p.add_argument("--battery", type=float, default=None,
                    help="pretend the battery is at this percent (default: read it; 100 if there is none)")
-    p.add_argument("--min-battery", type=float, default=20.0, help="run the edge model only at or above this percent [20]")
+    p.add_argument("--min-battery", type=float, default=20.0,
+                   help="run the edge model only at or above this percent [20]")
     return p.parse_args(argv)
 
 
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
     probe = BatteryProbe(args.min_battery, read)
     r = probe.check()
     level = "none" if r.value is None else f"{r.value:.0f}%"
-    print(f"battery: {level} -> edge model {'allowed' if r.ok else 'skipped (below ' + format(args.min_battery, 'g') + '%)'}")
+    verdict = "allowed" if r.ok else f"skipped (below {args.min_battery:g}%)"
+    print(f"battery: {level} -> edge model {verdict}")
     clf = HybridClassifier.from_bundle(
         args.bundle, cloud_url=args.cloud_url, api_key=os.environ.get(args.api_key_env),
         probes=[*default_probes(), probe],  # the built-in memory/CPU/in-flight probes, then ours
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
                 continue
             print(f"{path}\t{p.label}\t{p.confidence:.4f}\t{p.source}\t{p.reason}")
     s = clf.stats()
-    print(f"by source: {s['by_source']}; by reason: {s['by_reason']}")
+    print(f"by source: {s.by_source}; by reason: {s.by_reason}")
     return 1 if failed else 0
 
 

@@ -96,7 +96,7 @@ def test_unsure_edge_asks_cloud_with_a_v2_request(tiny, edge_answer):
     assert sent[:3] == b"\xff\xd8\xff"  # JPEG
     assert decode_bytes(sent).shape == (SIZE, SIZE, 3)  # resized to the model input before upload
     assert p.bytes_sent == len(req.body)
-    assert clf.stats()["bytes_sent"] == len(req.body)
+    assert clf.stats().bytes_sent == len(req.body)
 
 
 @responses.activate
@@ -200,11 +200,13 @@ FAULTS = [
     ("timeout", dict(body=requests.exceptions.ReadTimeout("read timed out")), "cloud_error:timeout", 1),
     ("http_500", dict(status=500, json={"error": "boom"}), "cloud_error:http_500", 1),
     ("http_401", dict(status=401, json={"error": "no or wrong key"}), "cloud_error:http_401", 1),
-    ("malformed_json", dict(status=200, body="{not json", content_type="application/json"), "cloud_error:bad_response", 1),
+    ("malformed_json", dict(status=200, body="{not json", content_type="application/json"),
+     "cloud_error:bad_response", 1),
     ("wrong_shape", dict(status=200, json=v2_answer(2)), "cloud_error:bad_response", 1),
     ("wrong_classes", dict(status=200, json=v2_answer(1, classes=7)), "cloud_error:bad_response", 1),
     ("no_outputs", dict(status=200, json={"model_name": "tiny", "outputs": []}), "cloud_error:bad_response", 1),
-    ("html", dict(status=200, body="<html>proxy login</html>", content_type="text/html"), "cloud_error:bad_response", 1),
+    ("html", dict(status=200, body="<html>proxy login</html>", content_type="text/html"),
+     "cloud_error:bad_response", 1),
     ("overloaded", dict(status=503, json={"error": "busy"}), "cloud_error:overloaded", 3),
 ]
 
@@ -223,7 +225,7 @@ def test_fault_yields_edge_answer_with_reason(tiny, edge_answer, name, mock, rea
     assert p.label == edge.label and p.confidence == pytest.approx(edge.confidence)
     assert p.cloud_error and p.cloud_confidence is None
     assert len(infer_calls()) == calls  # retries only on connection errors and 503
-    assert clf.stats()["by_reason"] == {reason: 1}
+    assert clf.stats().by_reason == {reason: 1}
 
 
 @responses.activate
@@ -285,7 +287,7 @@ def test_invalid_image_raises_before_any_call(tiny):
         with pytest.raises(InvalidImageError):
             clf.predict(bad)
     assert len(infer_calls()) == 0
-    assert clf.stats()["errors"] == {"invalid_image": 5}
+    assert clf.stats().errors == {"invalid_image": 5}
 
 
 # --- circuit breaker in use --------------------------------------------------------------------
@@ -307,14 +309,14 @@ def test_breaker_opens_then_half_opens_and_closes(tiny, edge_answer):
     reasons = [clf.predict(img).reason for _ in range(5)]
     assert reasons == ["cloud_error:http_500"] * 3 + ["circuit_open"] * 2
     assert len(infer_calls()) == 3  # no calls while open
-    assert clf.stats()["breaker"]["state"] == "open"
+    assert clf.stats().breaker.state == "open"
     clock.t = 30  # cool-down over: one probe; the server has recovered
     responses.reset()
     responses.add_callback(responses.POST, URL, callback=ok_callback)
-    assert clf.stats()["breaker"]["state"] == "half_open"
+    assert clf.stats().breaker.state == "half_open"
     p = clf.predict(img)
     assert (p.source, p.reason) == ("cloud", "low_confidence")
-    assert clf.stats()["breaker"]["state"] == "closed" and len(infer_calls()) == 1
+    assert clf.stats().breaker.state == "closed" and len(infer_calls()) == 1
 
 
 @responses.activate
@@ -393,6 +395,69 @@ def test_no_capacity_and_a_failing_cloud_still_answers_from_the_edge(tiny, edge_
     assert (p.source, p.reason, p.label) == ("edge", "cloud_error:http_500", edge.label)
     p = HybridClassifier.from_bundle(tiny, probes=[No()], threshold=0.99).predict(img)  # no cloud at all
     assert (p.source, p.reason) == ("edge", "cloud_unavailable")
+
+
+@responses.activate
+def test_batch_short_of_capacity_and_a_failing_cloud_still_answers_every_image_from_the_edge(tiny):
+    imgs = tiny_images(3, seed=7)
+    responses.post(URL, status=500, json={"error": "boom"})
+    preds = make(tiny, probes=[No()]).predict_batch(imgs)  # the same routing path as predict
+    want = HybridClassifier.from_bundle(tiny, mode="edge_only", probes=[]).predict_batch(imgs)
+    assert [(p.source, p.reason, p.label) for p in preds] == [("edge", "cloud_error:http_500", w.label) for w in want]
+    no_cloud = HybridClassifier.from_bundle(tiny, probes=[No()], threshold=0.99).predict_batch(imgs)
+    assert [(p.source, p.reason) for p in no_cloud] == [("edge", "cloud_unavailable")] * 3
+
+
+# --- observers: the one place every final answer passes ----------------------------------------
+
+
+@responses.activate
+def test_observers_see_every_answer_and_cannot_break_predict(tiny, edge_answer):
+    img, _ = edge_answer
+    responses.add_callback(responses.POST, URL, callback=ok_callback)
+    clf = make(tiny)
+    seen = []
+
+    def broken(staged, p):
+        raise RuntimeError("observer bug")
+
+    clf.add_observer(lambda staged, p: seen.append((staged.resized.shape, p.source, p.reason)))
+    clf.add_observer(broken)
+    p = clf.predict(img)
+    batch = clf.predict_batch(tiny_images(2, seed=8))
+    assert seen == [((SIZE, SIZE, 3), "cloud", "low_confidence")] * 3
+    assert p.source == "cloud" and len(batch) == 2
+    assert clf.stats().errors == {"observer": 3}
+    clf.remove_observer(broken)
+    clf.predict(img)
+    assert clf.stats().errors == {"observer": 3} and len(seen) == 4
+
+
+def test_stats_are_typed(tiny, edge_answer):
+    img, _ = edge_answer
+    clf = HybridClassifier.from_bundle(tiny, mode="edge_only", probes=[])
+    empty = clf.stats()
+    assert empty.calls == 0 and empty.latency_ms["total"].n == 0 and empty.latency_ms["total"].p50 is None
+    for _ in range(3):
+        clf.predict(img)
+    s = clf.stats()
+    assert (s.calls, s.by_source, s.by_reason, s.offload_fraction) == (3, {"edge": 3}, {"edge_only": 3}, 0.0)
+    assert s.latency_ms["total"].n == 3 and s.latency_ms["cloud"].n == 0 and s.breaker is None
+    assert s.model.loaded and s.model.sha256 == clf.model.sha256 and s.mode == "edge_only"
+    assert json.loads(json.dumps(s.to_dict()))["latency_ms"]["total"]["n"] == 3
+
+
+def test_options_object_and_overrides(tiny, edge_answer):
+    from edge_sdk import HybridOptions
+
+    img, edge = edge_answer
+    base = HybridOptions(mode="edge_only", probes=(), top_k=2)
+    clf = HybridClassifier.from_bundle(tiny, base, top_k=1)
+    assert clf.options.top_k == 1 and base.top_k == 2  # overrides never change the options given
+    p = clf.predict(img)
+    assert len(p.top_k) == 1 and p.label == edge.label
+    with pytest.raises(TypeError, match="unknown option"):
+        HybridClassifier.from_bundle(tiny, mode="edge_only", min_cloud_ms=3)
 
 
 # --- real sockets: refused, slow, TLS ------------------------------------------------------------
@@ -540,7 +605,7 @@ def test_model_load_failure_goes_to_the_cloud_and_raises_only_if_it_fails_too(ti
     img, _ = edge_answer
     # a device where no interpreter backend can load the model
     clf = make(tiny, backend=["tflite_runtime"])
-    assert clf.model is None and "tflite_runtime" in clf.stats()["model"]["error"]
+    assert clf.model is None and "tflite_runtime" in clf.stats().model.error
     responses.add_callback(responses.POST, URL, callback=ok_callback)
     p = clf.predict(img)
     assert (p.source, p.reason, p.edge_confidence) == ("cloud", "model_unavailable", None)

@@ -56,16 +56,16 @@ def test_modes_agree_with_the_server_and_the_labels(quantized_bundle_session, se
     raw = requests.post(f"{served}/v1/classify", data=paths[0].read_bytes(), timeout=30,
                         headers={"Content-Type": "image/png", "Authorization": f"Bearer {KEY}"}).json()
     assert raw["label"] == pc[0].label and raw["confidence"] == pytest.approx(pc[0].confidence, abs=0.02)
-    acc = lambda ps: np.mean([p.label == y for p, y in zip(ps, labels)])  # noqa: E731
+    acc = lambda ps: np.mean([p.label == y for p, y in zip(ps, labels, strict=True)])  # noqa: E731
     assert acc(pe) >= 0.85 and acc(pc) >= 0.85 and acc(ph) >= acc(pe) - 0.05
-    for h, e, c in zip(ph, pe, pc):
+    for h, e, c in zip(ph, pe, pc, strict=True):
         if h.source == "edge":
             assert h.reason == "confident" and h.label == e.label and h.confidence == e.confidence
         else:
             assert h.reason == "low_confidence" and h.label == c.label and h.bytes_sent > 0
     st = hybrid.stats()
-    assert st["calls"] == len(paths) and st["breaker"]["state"] == "closed"
-    assert st["latency_ms"]["total"]["p95"] >= st["latency_ms"]["total"]["p50"] > 0
+    assert st.calls == len(paths) and st.breaker.state == "closed"
+    assert st.latency_ms["total"].p95 >= st.latency_ms["total"].p50 > 0
 
 
 def test_predict_is_correct_from_8_threads_at_once(quantized_bundle_session, served, test_images):
@@ -106,7 +106,7 @@ def test_predict_is_correct_from_8_threads_at_once(quantized_bundle_session, ser
             assert p.reason == "confident" and np.array_equal(p.probabilities, ref_edge[i])
         else:
             assert p.reason == "low_confidence" and p.label == ref_cloud[i]
-    assert clf.stats()["calls"] == len(results)
+    assert clf.stats().calls == len(results)
 
 
 def test_wrong_key_falls_back_to_the_edge(quantized_bundle_session, served, test_images):
@@ -128,9 +128,9 @@ def test_batch_and_uploads_against_the_server(quantized_bundle_session, served, 
         clf = _clf(quantized_bundle_session, served, mode="cloud_only", upload=upload)
         preds = clf.predict_batch(paths[:12])
         assert all(p.source == "cloud" for p in preds)
-        assert np.mean([p.label == y for p, y in zip(preds, labels)]) >= 0.8
+        assert np.mean([p.label == y for p, y in zip(preds, labels[:12], strict=True)]) >= 0.8
         probs[upload] = np.stack([p.probabilities for p in preds])
-        sent[upload] = clf.stats()["bytes_sent"]
+        sent[upload] = clf.stats().bytes_sent
         assert sent[upload] == sum(p.bytes_sent for p in preds) > 0
     # the lossless uploads reach the model as the very same pixels (32x32 PNGs: no resize)
     assert np.allclose(probs["original"], probs["tensor"], atol=1e-4)

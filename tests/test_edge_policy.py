@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from edge_sdk.breaker import CircuitBreaker
+from edge_sdk.breaker import BreakerSnapshot, CircuitBreaker
 from edge_sdk.capacity import (
     CpuLoadProbe,
     InflightProbe,
@@ -18,7 +18,18 @@ from edge_sdk.capacity import (
     default_probes,
     first_failure,
 )
-from edge_sdk.policy import Decision, after_cloud_failure, confidence, edge_skip_reason, is_confident, route
+from edge_sdk.policy import (
+    ConfidenceScorer,
+    Decision,
+    Verdict,
+    after_cloud_failure,
+    confidence,
+    decide,
+    edge_skip_reason,
+    is_confident,
+    route,
+)
+from edge_sdk.reasons import Reason
 
 # --- confidence metrics ----------------------------------------------------------
 
@@ -84,21 +95,24 @@ def test_auto_unsure_but_cloud_blocked_keeps_edge_with_why():
 
 
 def test_auto_without_edge_result_asks_cloud_with_the_skip_reason():
-    assert route(mode="auto", edge_score=None, edge_skip="no_capacity:memory", **R) == Decision("cloud", "no_capacity:memory")
-    assert route(mode="auto", edge_score=None, edge_skip="model_unavailable", **R) == Decision("cloud", "model_unavailable")
-    assert route(mode="auto", edge_score=None, edge_skip="model_unavailable", cloud_configured=False, **R) == Decision(
+    skipped = dict(mode="auto", edge_score=None, **R)
+    assert route(edge_skip="no_capacity:memory", **skipped) == Decision("cloud", "no_capacity:memory")
+    assert route(edge_skip="model_unavailable", **skipped) == Decision("cloud", "model_unavailable")
+    assert route(edge_skip="model_unavailable", cloud_configured=False, **skipped) == Decision(
         "fail", "cloud_unavailable")
 
 
 def test_edge_only_never_calls_cloud():
     assert route(mode="edge_only", edge_score=0.1, **R) == Decision("edge", "edge_only")
-    assert route(mode="edge_only", edge_score=None, edge_skip="model_unavailable", **R) == Decision("fail", "model_unavailable")
+    assert route(mode="edge_only", edge_score=None, edge_skip="model_unavailable", **R) == Decision(
+        "fail", "model_unavailable")
 
 
 def test_cloud_only_never_uses_edge():
     assert route(mode="cloud_only", edge_score=None, **R) == Decision("cloud", "cloud_only")
     assert route(mode="cloud_only", edge_score=0.99, breaker_allows=False, **R) == Decision("fail", "circuit_open")
-    assert route(mode="cloud_only", edge_score=None, cloud_configured=False, **R) == Decision("fail", "cloud_unavailable")
+    assert route(mode="cloud_only", edge_score=None, cloud_configured=False, **R) == Decision(
+        "fail", "cloud_unavailable")
 
 
 def test_entropy_threshold_routes_the_other_way():
@@ -117,6 +131,36 @@ def test_after_cloud_failure():
     assert after_cloud_failure("auto", True, "circuit_open") == Decision("edge", "circuit_open")
     assert after_cloud_failure("auto", False, "http_500") == Decision("fail", "cloud_error:http_500")
     assert after_cloud_failure("cloud_only", True, "http_500").action == "fail"
+
+
+def test_decide_asks_why_not_cloud_only_when_the_cloud_could_answer():
+    asked = []
+
+    def why_not():
+        asked.append(1)
+        return None
+
+    assert decide("auto", Verdict(0.9, True), None, why_not) == Decision("edge", "confident")
+    assert decide("edge_only", Verdict(0.1, False), None, why_not) == Decision("edge", "edge_only")
+    assert asked == []
+    assert decide("auto", Verdict(0.1, False), None, why_not) == Decision("cloud", "low_confidence")
+    assert asked == [1]
+
+
+def test_a_scorer_may_give_its_own_reason_for_wanting_the_cloud():
+    ood = Verdict(0.99, False, Reason.CLOUD_ONLY)  # any reason a scorer chooses travels with the image
+    assert decide("auto", ood, None, lambda: None) == Decision("cloud", Reason.CLOUD_ONLY)
+    assert decide("auto", ood, None, lambda: Reason.DEADLINE) == Decision("edge", "deadline")
+
+
+def test_confidence_scorer_matches_the_metric_functions():
+    p = np.array([0.1, 0.6, 0.3], np.float32)
+    for metric, threshold in (("max_prob", 0.5), ("margin", 0.4), ("entropy", 0.5)):
+        v = ConfidenceScorer(metric, threshold)(p)
+        assert v.score == pytest.approx(confidence(p, metric))
+        assert v.confident == is_confident(confidence(p, metric), threshold, metric)
+    with pytest.raises(ValueError, match="metric"):
+        ConfidenceScorer("vibes", 0.5)
 
 
 def test_edge_skip_reason():
@@ -178,6 +222,20 @@ def test_breaker_probe_failure_reopens_for_another_cooldown():
     assert not b.allow()
     clock.t = 20
     assert b.allow()
+
+
+def test_breaker_is_open_only_reads():
+    clock = Clock()
+    b = CircuitBreaker(failure_threshold=1, cooldown_s=10, clock=clock)
+    assert not b.is_open
+    b.record_failure()
+    assert b.is_open and b.state == "open"
+    clock.t = 10
+    for _ in range(3):  # asking never takes the half-open probe slot
+        assert not b.is_open
+    assert b.allow() and not b.allow()  # the probe is still there to take, once
+    assert not b.is_open  # half-open with a probe out: not "open"; allow() refuses the others
+    assert b.snapshot() == BreakerSnapshot("half_open", 1, 1)
 
 
 def test_breaker_lost_probe_is_retried_after_a_cooldown_and_release_frees_it():
