@@ -25,6 +25,7 @@ from edge_sdk.binary import HEADER_LENGTH, pack_bytes, split_body
 from edge_sdk.bundle import load_bundle
 from edge_sdk.client import CloudClient, deadline_after
 from edge_sdk.hybrid import HybridClassifier
+from edge_sdk.options import HybridOptions
 from edge_sdk.preprocess import ImageLimits, InputSpec, PreprocessSpec, encode_png, load_image, preprocess
 from edge_sdk.protocol import images_payload, parse_outputs, read_response, tensor_payload
 
@@ -245,7 +246,7 @@ def test_sdk_sends_binary_to_a_server_that_lists_it_and_json_when_told(srv, trai
     for upload in ("tensor", "jpeg", "original"):
         clf = HybridClassifier.from_bundle(bundle, cloud_url=srv.url, mode="cloud_only", upload=upload,
                                            cloud_model="digits")
-        ref = HybridClassifier(bundle, model=None, mode="cloud_only", upload=upload,
+        ref = HybridClassifier(bundle, model=None, options=HybridOptions(mode="cloud_only", upload=upload),
                                cloud=CloudClient(srv.url, "digits", wire="json"))
         assert clf.cloud.negotiate()
         got, want = clf.predict_batch(pngs[:4]), ref.predict_batch(pngs[:4])
