@@ -35,12 +35,12 @@ from edge_sdk.preprocess import cv2
 from edge_sdk.protocol import RepositoryModel, ServerMetadata
 
 from . import docs, image_endpoints
-from .batching import Batcher, BatcherClosedError, QueueFullError
+from .batching import BatcherClosedError, QueueFullError
+from .engine import EngineFactory, LocalEngines
 from .errors import ApiError, describe, error_response
 from .image_endpoints import ImageEndpoints
 from .inputs import ModelInput
 from .metrics import Metrics, MetricsMiddleware
-from .model import CloudModel, configure_threads, plan_instances, select_backend
 from .security import KeyChecker, RateLimiter, SecurityMiddleware
 from .settings import Settings
 from .state import EdgeArtifact, ServedModel, ServiceState
@@ -53,19 +53,25 @@ EXTENSIONS = (binary.EXTENSION,)  # what GET /v2 lists; the SDK sends binary ten
 BundlesArg = Union[Mapping[str, str | os.PathLike | Bundle], Sequence[str | os.PathLike | Bundle]]
 
 
-def load_models(bundles: BundlesArg, settings: Settings) -> dict[str, CloudModel]:
-    """Verify each bundle (sha256) and load its cloud model; names come from the manifest or the mapping."""
+def load_bundles(bundles: BundlesArg) -> dict[str, Bundle]:
+    """Each bundle verified (sha256), by the name it is served under: the mapping's key, else its manifest's."""
     items = list(bundles.items()) if isinstance(bundles, Mapping) else [(None, b) for b in bundles]
     if not items:
         raise BundleError("no bundle to serve")
-    out: dict[str, CloudModel] = {}
+    out: dict[str, Bundle] = {}
     for name, b in items:
         bundle = b if isinstance(b, Bundle) else load_bundle(Path(b), verify=True)
-        m = CloudModel(bundle, name=name, max_batch_size=settings.max_batch_size, backend=settings.backend)
-        if m.name in out:
-            raise BundleError(f"two bundles are named {m.name!r}; give one another name (NAME=BUNDLE)")
-        out[m.name] = m
+        name = name or bundle.manifest.name
+        if name in out:
+            raise BundleError(f"two bundles are named {name!r}; give one another name (NAME=BUNDLE)")
+        out[name] = bundle
     return out
+
+
+def model_input(bundle: Bundle, settings: Settings) -> ModelInput:
+    """How a model's requests become tensors: its manifest's input and preprocessing, the settings' limits."""
+    m = bundle.manifest
+    return ModelInput(m.input, m.preprocess, settings.image_limits, settings.max_request_images)
 
 
 class ServiceApp(FastAPI):
@@ -88,37 +94,33 @@ class ServiceApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(bundles: BundlesArg, settings: Settings | None = None) -> FastAPI:
+def create_app(bundles: BundlesArg, settings: Settings | None = None, engines: EngineFactory | None = None) -> FastAPI:
     """A FastAPI app serving ``bundles`` (paths, loaded bundles, or a {name: bundle} mapping).
 
-    Models load here (errors surface at once); warm-up runs after start-up, and
-    ``/v2/health/ready`` says 200 only once it is done.
+    ``engines`` makes each model's engine (``cloud.engine``): by default the model loads here, in this
+    process (errors surface at once); ``cloud.ray_app`` passes engines that call Ray Serve replicas.
+    Warm-up runs after start-up, and ``/v2/health/ready`` says 200 only once it is done.
     """
     settings = settings or Settings()
     # Decoding is parallel across the decode pool's threads; OpenCV's own pool inside each call would
     # only add threads that spin and steal the CPUs the model needs (measured: MobileNetV2 ran 40% slower).
     cv2.setNumThreads(1)
     metrics = Metrics()
-    backend = select_backend(settings.backend)
-    instances, threads = plan_instances(backend, settings.model_instances, settings.model_threads)
-    configure_threads(backend, threads)  # before any model loads: TensorFlow fixes it once its runtime starts
+    loaded = load_bundles(bundles)
+    make_engine = engines or LocalEngines(settings)
     served: dict[str, ServedModel] = {}
-    for name, m in load_models(bundles, settings).items():
-        batcher = Batcher(
-            m.predict, max_batch_size=settings.max_batch_size, max_delay_ms=settings.max_delay_ms,
-            queue_size=settings.queue_size, instances=instances, name=name,
-            on_batch=lambda n, s, _name=name: metrics.observe_batch(_name, n, s),
-        )
-        metrics.queue_depth.labels(name).set_function(lambda b=batcher: b.depth)
-        spec = ModelInput(m.manifest.input, m.manifest.preprocess, settings.image_limits, settings.max_request_images)
-        served[name] = ServedModel(name, m, batcher, spec, EdgeArtifact.from_bundle(m.bundle))
+    for name, bundle in loaded.items():
+        spec = model_input(bundle, settings)
+        engine = make_engine(name, bundle, spec, metrics)
+        metrics.queue_depth.labels(name).set_function(lambda e=engine: e.depth)
+        served[name] = ServedModel(name, bundle, engine, spec, EdgeArtifact.from_bundle(bundle))
     state = ServiceState(settings, served, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         for sm in served.values():
-            await sm.batcher.start()
+            await sm.engine.start(state.decode_pool)
         state.warm_task = asyncio.get_running_loop().create_task(_warm_up(state))
         try:
             yield
@@ -127,7 +129,7 @@ def create_app(bundles: BundlesArg, settings: Settings | None = None) -> FastAPI
             if not state.warm_task.done():
                 state.warm_task.cancel()
             for sm in served.values():
-                await sm.batcher.close()
+                await sm.engine.close()
             state.decode_pool.shutdown(wait=True)
             log.info("drained: all queued requests answered")
 
@@ -153,10 +155,9 @@ def create_app(bundles: BundlesArg, settings: Settings | None = None) -> FastAPI
 
 
 async def _warm_up(state: ServiceState) -> None:
-    loop = asyncio.get_running_loop()
     try:
         for sm in state.models.values():  # off the event loop, which keeps answering health probes
-            await loop.run_in_executor(None, sm.model.warmup)
+            await sm.engine.warmup()
     except asyncio.CancelledError:
         raise
     except Exception as e:
@@ -168,7 +169,7 @@ async def _warm_up(state: ServiceState) -> None:
     gc.collect()
     gc.freeze()
     state.metrics.ready.set(1)
-    log.info("ready: %s", ", ".join(f"{n} ({sm.model.backend})" for n, sm in state.models.items()))
+    log.info("ready: %s", ", ".join(f"{n} ({sm.engine.backend})" for n, sm in state.models.items()))
 
 
 # --- routes (the image-carrying POSTs are in image_endpoints.py) ---------------------
@@ -234,7 +235,7 @@ def _add_model_routes(app: FastAPI, state: ServiceState) -> None:
         e = sm.edge
         etag = f'"{e.sha256}"' if part == "model" else f'"{e.manifest_etag}"'
         headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Edge-Model-Sha256": e.sha256,
-                   "X-Model-Version": sm.model.manifest.version}
+                   "X-Model-Version": sm.version}
         if _etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         if part == "manifest":
@@ -253,13 +254,13 @@ def _add_operations_routes(app: FastAPI, state: ServiceState) -> None:
 
 
 def _model_ready(state: ServiceState, sm: ServedModel) -> dict:
-    if sm.model.ready.is_set() and not state.draining:
+    if sm.engine.ready and not state.draining:
         return {"name": sm.name, "ready": True}
     raise ApiError(503, f"model {sm.name!r} is not ready: {state.not_ready_reason()}", {"Retry-After": "1"})
 
 
 def _index_entry(state: ServiceState, sm: ServedModel) -> dict:
-    ready = sm.model.ready.is_set() and not state.draining
+    ready = sm.engine.ready and not state.draining
     return {"name": sm.name, "version": sm.version, "state": "READY" if ready else "UNAVAILABLE",
             "reason": "" if ready else state.not_ready_reason()}
 

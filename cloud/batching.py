@@ -60,6 +60,11 @@ class _Item:
     t_enqueued: float = field(default_factory=time.perf_counter)
 
 
+Outputs = np.ndarray | tuple[np.ndarray, ...] | list[np.ndarray] | dict[str, np.ndarray]
+"""What a model gives for a batch: one array, or several (a tuple, list or dict of arrays), each with one row
+per image. A multi-output model goes through the batchers unchanged: every output is split the same way."""
+
+
 BatchObserver = Callable[[int, float], None]  # (images in the batch, seconds the model took)
 
 
@@ -72,7 +77,7 @@ class Batcher:
 
     def __init__(
         self,
-        fn: Callable[[np.ndarray], np.ndarray],
+        fn: Callable[[np.ndarray], Outputs],
         *,
         max_batch_size: int = 32,
         max_delay_ms: float = 5.0,
@@ -145,7 +150,7 @@ class Batcher:
         if self.depth + self._incoming >= self.queue_size:
             raise QueueFullError(f"{self.name}: the queue is full ({self.queue_size} requests waiting); retry shortly")
 
-    async def infer(self, prepare: Callable[[], Awaitable[np.ndarray]]) -> np.ndarray:
+    async def infer(self, prepare: Callable[[], Awaitable[np.ndarray]]) -> Outputs:
         """Admit a request, then await ``prepare()`` (e.g. a decode in a thread pool), then batch its array.
 
         The capacity check comes first, so an overloaded service refuses before
@@ -160,7 +165,7 @@ class Batcher:
             self._incoming -= 1
         return await self.submit(x)
 
-    async def submit(self, x: np.ndarray) -> np.ndarray:
+    async def submit(self, x: np.ndarray) -> Outputs:
         """Queue one request's array [n, ...] and wait for the model's outputs for it."""
         if not self.running:
             raise BatcherClosedError(f"{self.name}: the model is shutting down")
@@ -218,7 +223,7 @@ class Batcher:
             seconds = 0.0
             try:
                 if live:
-                    outs, seconds = _call(self.fn, [it.x for it in live])
+                    outs, seconds = run_batch(self.fn, [it.x for it in live])
             except Exception as e:  # the model failed: every caller in the batch learns why
                 log.exception("%s: model call failed on a batch of %d request(s)", self.name, len(live))
                 error = e
@@ -233,7 +238,7 @@ class Batcher:
                 except RuntimeError:  # the loop is closed: no caller is left to answer
                     log.warning("%s: event loop closed; dropped the answers to %d request(s)", self.name, len(live))
 
-    def _deliver(self, live: list[_Item], outs: np.ndarray | None, seconds: float, error: Exception | None) -> None:
+    def _deliver(self, live: list[_Item], outs: Outputs | None, seconds: float, error: Exception | None) -> None:
         if error is not None:
             for it in live:
                 if not it.future.done():
@@ -241,18 +246,43 @@ class Batcher:
             return
         if self.on_batch is not None:
             self.on_batch(sum(len(it.x) for it in live), seconds)
-        start = 0
-        for it in live:
-            end = start + len(it.x)
+        for it, rows in zip(live, split_rows(outs, [len(it.x) for it in live]), strict=True):
             if not it.future.done():
-                it.future.set_result(outs[start:end])
-            start = end
+                it.future.set_result(rows)
 
 
-def _call(fn: Callable[[np.ndarray], np.ndarray], xs: list[np.ndarray]) -> tuple[np.ndarray, float]:
+# --- one batch, whoever runs it (this batcher's workers, or a Ray replica's @serve.batch) ---------
+
+def run_batch(fn: Callable[[np.ndarray], Outputs], xs: list[np.ndarray]) -> tuple[Outputs, float]:
+    """``fn`` on the requests' arrays joined into one batch: (its outputs, the seconds it took)."""
     t0 = time.perf_counter()
     x = xs[0] if len(xs) == 1 else np.concatenate(xs)
     y = fn(x)
-    if len(y) != len(x):
-        raise RuntimeError(f"model returned {len(y)} rows for {len(x)} inputs")
+    n = num_rows(y)
+    if n != len(x):
+        raise RuntimeError(f"model returned {n} rows for {len(x)} inputs")
     return y, time.perf_counter() - t0
+
+
+def num_rows(y: Outputs) -> int:
+    """Rows (images) in a batch's outputs; every output of a multi-output model must have as many."""
+    arrays = list(y.values()) if isinstance(y, dict) else list(y) if isinstance(y, (tuple, list)) else [y]
+    counts = {len(a) for a in arrays}
+    if len(counts) != 1:
+        raise RuntimeError(f"the model's outputs have different numbers of rows: {sorted(counts)}")
+    return counts.pop()
+
+
+def split_rows(y: Outputs, sizes: list[int]) -> list[Outputs]:
+    """A batch's outputs cut back into each request's rows (``sizes``: images per request, in order)."""
+    out, start = [], 0
+    for n in sizes:
+        end = start + n
+        if isinstance(y, dict):
+            out.append({k: v[start:end] for k, v in y.items()})
+        elif isinstance(y, (tuple, list)):
+            out.append(type(y)(v[start:end] for v in y))
+        else:
+            out.append(y[start:end])
+        start = end
+    return out

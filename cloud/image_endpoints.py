@@ -12,9 +12,11 @@ binary tensor data extension (an ``Inference-Header-Content-Length`` header,
 usually with ``application/octet-stream``), and answers in binary the outputs
 the request asks so (``cloud.outputs``).
 
-Decoding normally runs in the decode thread pool. An image whose header says
-it is tiny (``inline_decode_max_pixels``, 64x64 by default) is decoded on the
-event loop instead: that takes ~40 us, less than the hand-off to a thread and back.
+Each body goes to the served model's engine (``cloud.engine``) as a ``Job``,
+which decodes it where the model runs: here in the decode thread pool, or in a
+Ray Serve replica. An image whose header says it is tiny
+(``inline_decode_max_pixels``, 64x64 by default) is decoded on the event loop
+instead: that takes ~40 us, less than the hand-off to a thread and back.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -32,7 +33,7 @@ from edge_sdk.binary import HEADER_LENGTH
 from edge_sdk.imageinfo import read_info
 
 from .errors import ApiError, describe
-from .inputs import ParsedInfer, image_tensor, parse_infer
+from .inputs import Job
 from .outputs import encode_answer, infer_document
 from .state import ServedModel, ServiceState
 
@@ -120,7 +121,7 @@ class ImageEndpoints:
         top_k = _int_param(q, "top_k", 5, 1, 1000)
         _check_content_type(scope, IMAGE_TYPES)
         data = await read_body(receive, self.limit)
-        probs = await sm.batcher.infer(self._prepare_image(sm, data))
+        probs, _ = await sm.engine.run(Job(data, inline=self._tiny(data)))
         return classify_body(sm, probs[0], top_k)
 
     async def infer(self, scope: Scope, receive: Receive, name: str,
@@ -129,16 +130,9 @@ class ImageEndpoints:
         _check_infer_type(scope)
         header_length = _header(scope, _HEADER_LENGTH)
         data = await read_body(receive, self.limit)
-        parsed: ParsedInfer | None = None
-
-        async def prepare() -> np.ndarray:
-            nonlocal parsed
-            parsed = await self.state.in_pool(parse_infer, data, sm.spec, header_length)
-            return parsed.x
-
-        probs = await sm.batcher.infer(prepare)
-        assert parsed is not None  # set by prepare, which the batcher awaited before the model ran
-        doc, blobs = infer_document(sm, parsed, probs)
+        probs, ask = await sm.engine.run(Job(data, infer=True, header_length=header_length))
+        assert ask is not None  # an infer job always says what it asked for
+        doc, blobs = infer_document(sm, ask, probs)
         if not blobs and probs.size > LARGE_JSON_VALUES:
             return await self.state.in_pool(encode_answer, doc, blobs)
         return encode_answer(doc, blobs)
@@ -150,17 +144,13 @@ class ImageEndpoints:
         _int_param(q, "top_k", 5, 1, 1000)
         _check_content_type(scope, IMAGE_TYPES)
         data = await read_body(receive, self.limit)
-        return _dumps({"model_name": sm.name, "label": sm.model.labels[0], "confidence": 1.0,
-                       "top_k": [{"label": sm.model.labels[0], "confidence": 1.0}], "bytes": len(data)})
+        return _dumps({"model_name": sm.name, "label": sm.labels[0], "confidence": 1.0,
+                       "top_k": [{"label": sm.labels[0], "confidence": 1.0}], "bytes": len(data)})
 
-    def _prepare_image(self, sm: ServedModel, data: bytes) -> Callable[[], Awaitable[np.ndarray]]:
+    def _tiny(self, data: bytes) -> bool:
+        """Whether the image's header says it is small enough to decode on the event loop."""
         info = read_info(data)
-        if info.width is not None and info.height is not None and info.width * info.height <= self.inline_pixels:
-            async def inline() -> np.ndarray:
-                return image_tensor(data, sm.spec)
-
-            return inline
-        return lambda: self.state.in_pool(image_tensor, data, sm.spec)
+        return info.width is not None and info.height is not None and info.width * info.height <= self.inline_pixels
 
 
 def classify_body(sm: ServedModel, p: np.ndarray, top_k: int) -> bytes:

@@ -46,11 +46,37 @@ class ModelInput:
 
 
 @dataclass(frozen=True)
-class ParsedInfer:
+class InferAsk:
+    """What an infer request asks for besides the model's work: its id, and which outputs in which encoding."""
+
     id: str | None
     outputs: tuple[str, ...]
-    x: np.ndarray  # float32 [N, H, W, C]
     binary_outputs: frozenset[str] = frozenset()  # the outputs to answer as binary data
+
+
+@dataclass(frozen=True)
+class ParsedInfer:
+    ask: InferAsk
+    x: np.ndarray  # float32 [N, H, W, C]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request's input as it arrived, for an engine (``cloud.engine``) to turn into the model's tensor
+    wherever the model runs: plain bytes and flags, so it pickles to a Ray replica as easily as it goes to a
+    thread here, and both run the same decoding (:meth:`run`)."""
+
+    body: bytes
+    infer: bool = False  # a v2 infer body; else one encoded image (a /v1/classify body)
+    header_length: str | None = None  # the infer request's Inference-Header-Content-Length
+    inline: bool = False  # tiny enough to decode on the event loop (cheaper than a hop to a thread)
+
+    def run(self, spec: ModelInput) -> tuple[np.ndarray, InferAsk | None]:
+        """(the model's float32 batch, what an infer request asked for); ApiError for bad input."""
+        if not self.infer:
+            return image_tensor(self.body, spec), None
+        parsed = parse_infer(self.body, spec, self.header_length)
+        return parsed.x, parsed.ask
 
 
 def image_tensor(data: bytes, spec: ModelInput) -> np.ndarray:
@@ -90,7 +116,7 @@ def parse_infer(body: bytes, spec: ModelInput, header_length: str | None = None)
         x = _fp32_tensor(t, spec, raw)
     else:
         raise ApiError(422, f"datatype {t.datatype} is not accepted; send BYTES (encoded images), UINT8 or FP32")
-    return ParsedInfer(req.id, outputs, x, binary_outputs)
+    return ParsedInfer(InferAsk(req.id, outputs, binary_outputs), x)
 
 
 def _requested_outputs(req: InferRequest) -> tuple[tuple[str, ...], frozenset[str]]:

@@ -13,23 +13,23 @@ import numpy as np
 from edge_sdk import binary
 from edge_sdk.protocol import LABEL_OUTPUT, PROBS_OUTPUT
 
-from .inputs import ParsedInfer
+from .inputs import InferAsk
 from .state import ServedModel
 
 JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"
 
 
-def infer_document(sm: ServedModel, parsed: ParsedInfer, probs: np.ndarray) -> tuple[dict[str, Any], list[bytes]]:
+def infer_document(sm: ServedModel, ask: InferAsk, probs: np.ndarray) -> tuple[dict[str, Any], list[bytes]]:
     """(the JSON document, the binary blobs that follow it, in order)."""
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for name in parsed.outputs:
-        tensor, raw = _output(sm, name, probs, name in parsed.binary_outputs)
+    for name in ask.outputs:
+        tensor, raw = _output(sm, name, probs, name in ask.binary_outputs)
         outputs.append(tensor)
         if raw is not None:
             blobs.append(raw)
-    doc = {"model_name": sm.name, "model_version": sm.model.manifest.version, "id": parsed.id, "outputs": outputs}
+    doc = {"model_name": sm.name, "model_version": sm.version, "id": ask.id, "outputs": outputs}
     return doc, blobs
 
 
@@ -40,7 +40,7 @@ def _output(sm: ServedModel, name: str, probs: np.ndarray, as_binary: bool) -> t
             return _with_size(tensor, binary.numeric_bytes(probs, "FP32"))
         tensor["data"] = probs.ravel().tolist()
         return tensor, None
-    labels = [sm.model.labels[i] for i in probs.argmax(1)]
+    labels = [sm.labels[i] for i in probs.argmax(1)]
     tensor = {"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [len(labels)]}
     if as_binary:
         return _with_size(tensor, binary.pack_bytes(lb.encode("utf-8") for lb in labels))

@@ -1,4 +1,4 @@
-"""What the service holds while it runs: the served models, their batchers, the decode pool, readiness."""
+"""What the service holds while it runs: the served models, their engines, the decode pool, readiness."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from edge_sdk.bundle import Bundle
 from edge_sdk.errors import BundleError
 from edge_sdk.protocol import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT
 
-from .batching import Batcher
+from .engine import ModelEngine
 from .errors import ApiError
 from .inputs import ModelInput
 from .metrics import Metrics
-from .model import CloudModel
 from .settings import Settings
 
 
@@ -50,9 +49,11 @@ class EdgeArtifact:
 
 @dataclass
 class ServedModel:
+    """A model as the endpoints see it: its bundle (labels, manifest, edge model) and the engine that runs it."""
+
     name: str
-    model: CloudModel
-    batcher: Batcher
+    bundle: Bundle
+    engine: ModelEngine
     spec: ModelInput
     edge: EdgeArtifact | None
     name_json: str = field(init=False, repr=False)  # the name and labels as JSON strings, encoded once
@@ -60,16 +61,20 @@ class ServedModel:
 
     def __post_init__(self) -> None:
         self.name_json = json.dumps(self.name, ensure_ascii=False)
-        self.labels_json = [json.dumps(lb, ensure_ascii=False) for lb in self.model.labels]
+        self.labels_json = [json.dumps(lb, ensure_ascii=False) for lb in self.labels]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.bundle.manifest.labels
 
     @property
     def version(self) -> str:
-        return self.model.manifest.version
+        return self.bundle.manifest.version
 
     def metadata(self) -> dict:
-        m, (h, w, c) = self.model.manifest, self.spec.shape
+        m, (h, w, c) = self.bundle.manifest, self.spec.shape
         return {
-            "name": self.name, "versions": [m.version], "platform": f"keras_{self.model.backend}",
+            "name": self.name, "versions": [m.version], "platform": f"keras_{self.engine.backend}",
             "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, h, w, c]}],
             "outputs": [{"name": PROBS_OUTPUT, "datatype": "FP32", "shape": [-1, len(m.labels)]},
                         {"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [-1]}],
@@ -78,7 +83,7 @@ class ServedModel:
                             "UINT8 [-1, H, W, 1|3|4]: RGB pixels, any size",
                             f"FP32 [-1, {h}, {w}, {c}]: preprocessed as the manifest says"],
                 "labels": m.labels, "input": m.input.model_dump(), "preprocess": m.preprocess.model_dump(),
-                "max_batch_size": self.batcher.max_batch_size, "max_request_images": self.spec.max_images,
+                "max_batch_size": self.engine.max_batch_size, "max_request_images": self.spec.max_images,
                 "edge_model": self.edge.sha256 if self.edge else None,
             },
         }
@@ -97,7 +102,7 @@ class ServiceState:
     @property
     def ready(self) -> bool:
         return (not self.draining and self.warmup_error is None and self.decode_pool is not None
-                and all(sm.model.ready.is_set() and sm.batcher.running for sm in self.models.values()))
+                and all(sm.engine.ready and sm.engine.running for sm in self.models.values()))
 
     def not_ready_reason(self) -> str:
         if self.draining:

@@ -421,7 +421,7 @@ def test_429_rate_limit_per_key(trained_bundle_session, digit_files):
 def test_a_model_failure_is_a_json_500_counted_and_the_service_goes_on(trained_bundle_session, digit_files):
     png = digit_files[0][0].read_bytes()
     with serve_app_in_thread([trained_bundle_session]) as s, requests.Session() as c:
-        batcher = s.app.state.hv.models["trained"].batcher
+        batcher = s.app.state.hv.models["trained"].engine.batcher
         model_fn = batcher.fn
 
         def broken(x):
@@ -455,7 +455,7 @@ def test_503_when_the_queue_is_full_then_recovers(trained_bundle_session, digit_
     png = digit_files[0][0].read_bytes()
     with serve_app_in_thread([trained_bundle_session], queue_size=1, max_batch_size=1, max_delay_ms=0,
                              model_instances=1) as s:
-        batcher = s.app.state.hv.models["trained"].batcher  # named by its manifest
+        batcher = s.app.state.hv.models["trained"].engine.batcher  # named by its manifest
         gate = threading.Event()
         model_fn = batcher.fn
 

@@ -187,7 +187,7 @@ def test_classify_body_is_json_for_any_label():
     from cloud.state import ServedModel
 
     labels = ['say "hi"', "naïve\\path", "ok"]
-    sm = ServedModel("m\"1", SimpleNamespace(labels=labels), None, None, None)
+    sm = ServedModel("m\"1", SimpleNamespace(manifest=SimpleNamespace(labels=labels)), None, None, None)
     doc = json.loads(classify_body(sm, np.array([0.2, 0.5, 0.3], np.float32), 2))
     assert doc["model_name"] == 'm"1' and doc["label"] == "naïve\\path"
     assert [t["label"] for t in doc["top_k"]] == ["naïve\\path", "ok"]
