@@ -37,6 +37,28 @@ def add_arguments(p) -> None:
     p.add_argument("--access-log", action="store_true", default=None, help="log every request")
     p.add_argument("--bench-endpoints", action="store_true", default=None,
                    help="add POST /v1/noop (HTTP path without model work) for benchmarks")
+    add_ray_arguments(p)
+
+
+RAY_FLAGS = ("address", "replicas", "min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
+             "downscale_delay_s", "cpus_per_replica", "gpus_per_replica", "ingress_replicas")
+
+
+def add_ray_arguments(p) -> None:
+    g = p.add_argument_group("scale-out on Ray Serve (--engine ray; needs the 'scale' extra)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process [default]; ray: the same service on Ray Serve replicas")
+    g.add_argument("--address", help="join this Ray cluster (e.g. 10.0.0.1:6379, or auto) [start a local one]")
+    g.add_argument("--replicas", type=int, help="model replicas per model, fixed [1]")
+    g.add_argument("--min-replicas", type=int, help="autoscaling: fewest model replicas [1]")
+    g.add_argument("--max-replicas", type=int, help="autoscaling: most model replicas (turns autoscaling on)")
+    g.add_argument("--target-ongoing-requests", type=float,
+                   help="autoscaling: requests in flight per replica to aim for [max batch size]")
+    g.add_argument("--upscale-delay-s", type=float, help="autoscaling: demand lasting this long adds a replica [3]")
+    g.add_argument("--downscale-delay-s", type=float, help="autoscaling: idleness lasting this long removes one [60]")
+    g.add_argument("--cpus-per-replica", type=float, help="CPUs each model replica reserves and runs on [1]")
+    g.add_argument("--gpus-per-replica", type=float, help="GPUs each model replica reserves; 0.5 shares one [0]")
+    g.add_argument("--ingress-replicas", type=int, help="replicas of the HTTP ingress [1]")
 
 
 def parse_bundle_args(items: list[str]) -> dict[str, str] | list[str]:
@@ -60,8 +82,7 @@ def parse_bundle_args(items: list[str]) -> dict[str, str] | list[str]:
 
 
 def run(args) -> int:
-    from cloud.model import select_backend
-    from cloud.settings import load_settings, read_api_key_file
+    from cloud.settings import SettingsError, load_settings, read_api_key_file
 
     keys = read_api_key_file(args.api_key_file) if args.api_key_file else None
     settings = load_settings(
@@ -74,23 +95,59 @@ def run(args) -> int:
         forwarded_allow_ips=args.forwarded_allow_ips,
         access_log=args.access_log, bench_endpoints=args.bench_endpoints,
     )
-    # KERAS_BACKEND must be set before anything imports keras (settings.backend comes from --backend or HV_BACKEND).
-    backend = select_backend(settings.backend)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
         print("warning: listening beyond loopback without API keys; anyone who can reach the port can use it",
               file=sys.stderr)
 
+    from cloud.server import write_port_file
+
+    def announce(names: str, where: str):
+        def on_ready(url: str) -> None:
+            print(f"serving {names} on {where}; {len(settings.api_keys)} API key(s)"
+                  f"{'; TLS' if settings.ssl_certfile else ''}", flush=True)
+            print(f"listening on {url}", flush=True)
+            if args.port_file:
+                write_port_file(args.port_file, int(url.rsplit(":", 1)[1]))
+
+        return on_ready
+
+    bundles = parse_bundle_args(args.bundles)
+    if args.engine == "ray":
+        return _run_on_ray(args, bundles, settings, announce)
+    given = [f"--{f.replace('_', '-')}" for f in RAY_FLAGS if getattr(args, f, None) is not None]
+    if given:
+        raise SettingsError(f"{', '.join(given)} only apply with --engine ray")
+    from cloud.model import select_backend
+
+    # KERAS_BACKEND must be set before anything imports keras (settings.backend comes from --backend or HV_BACKEND).
+    backend = select_backend(settings.backend)
     from cloud.app import create_app
-    from cloud.server import run_server, write_port_file
+    from cloud.server import run_server
 
-    app = create_app(parse_bundle_args(args.bundles), settings)
+    app = create_app(bundles, settings)
+    return run_server(app, settings, announce(", ".join(app.state.hv.models), backend))
 
-    def on_ready(url: str) -> None:
-        names = ", ".join(app.state.hv.models)
-        print(f"serving {names} on {backend}; {len(settings.api_keys)} API key(s)"
-              f"{'; TLS' if settings.ssl_certfile else ''}", flush=True)
-        print(f"listening on {url}", flush=True)
-        if args.port_file:
-            write_port_file(args.port_file, int(url.rsplit(":", 1)[1]))
 
-    return run_server(app, settings, on_ready)
+def _run_on_ray(args, bundles, settings, announce) -> int:
+    from cloud.settings import SettingsError
+
+    try:
+        from cloud.ray_app import ScaleOptions
+        from cloud.ray_serve import run_on_ray
+    except ImportError as e:
+        raise SettingsError(f"--engine ray needs Ray Serve: pip install 'hybrid-vision[scale]' ({e})") from None
+    from pydantic import ValidationError
+
+    given = {f: getattr(args, f) for f in RAY_FLAGS if f != "address" and getattr(args, f) is not None}
+    try:
+        scale = ScaleOptions(**given)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SettingsError(f"{('--' + where.replace('_', '-') + ': ') if where else ''}{first['msg']}") from None
+    from edge_sdk.bundle import load_bundle
+
+    names = ", ".join(bundles) if isinstance(bundles, dict) else ", ".join(
+        load_bundle(b, verify=False).manifest.name for b in bundles)
+    replicas = f"{scale.min_replicas or 1}-{scale.max_replicas}" if scale.autoscaling else str(scale.replicas or 1)
+    return run_on_ray(bundles, settings, scale, args.address, announce(names, f"Ray Serve, {replicas} replica(s)"))
