@@ -27,6 +27,7 @@ import asyncio
 import gc
 import logging
 import os
+import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,22 @@ def logging_config(settings: Settings) -> dict[str, Any]:
     return {"log_level": settings.log_level.upper(), "enable_access_log": settings.access_log}
 
 
+def log_through_serve(settings: Settings) -> None:
+    """In a replica, the service's own log lines (warm-up, lost replicas, internal errors) go where Ray Serve's
+    go: the replica's log file under /tmp/ray/session_*/logs/serve/ and its stderr."""
+    handlers = logging.getLogger("ray.serve").handlers
+    for name in ("hybrid_vision", "cloud"):
+        ours = logging.getLogger(name)
+        ours.handlers, ours.propagate = list(handlers), False
+        ours.setLevel(settings.log_level.upper())
+
+
+def decode_threads(settings: Settings, cpus: float) -> int:
+    """A replica's decode threads: as set, else one per CPU it reserves (the local default, 2..8, is sized for a
+    whole machine; replicas share one, and a starting replica must not be starved by idle-spinning pools)."""
+    return settings.decode_threads if "decode_threads" in settings.model_fields_set else max(1, round(cpus))
+
+
 def _instances(settings: Settings, cpus: float, gpus: float = 0.0) -> int:
     """Model instances (concurrent batches) per replica: the service's own plan for the replica's share."""
     backend = "jax" if gpus > 0 else settings.backend or os.environ.get("KERAS_BACKEND", "tensorflow")
@@ -169,6 +186,8 @@ class Model:
     """One model replica: the bundle's compiled model, warmed up before Ray sends it work."""
 
     def __init__(self, name: str, bundle_path: str, settings: Settings, cpus: float = 1.0, gpus: float = 0.0):
+        t0 = time.perf_counter()
+        log_through_serve(settings)
         cv2.setNumThreads(1)  # decoding is parallel across the pool's threads, as in the local service
         backend = select_backend("jax" if gpus > 0 and not settings.backend else settings.backend)
         instances, threads = plan_instances(backend, settings.model_instances, settings.model_threads,
@@ -177,8 +196,9 @@ class Model:
         bundle = load_bundle(bundle_path, verify=True)
         self.model = load_cloud_model(bundle, name, settings.model_copy(update={"backend": backend}))
         self.spec: ModelInput = model_input(bundle, settings)
-        self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.decode_pool = ThreadPoolExecutor(decode_threads(settings, cpus), thread_name_prefix="decode")
         self.model_pool = ThreadPoolExecutor(instances, thread_name_prefix="model")
+        t_load = time.perf_counter() - t0
         self.model.warmup()
         gc.collect()
         gc.freeze()  # as the local service does: keep Keras' long-lived objects out of every GC pass
@@ -189,8 +209,9 @@ class Model:
             # a request counts its images, up to a whole batch: a bigger one runs alone, in chunks (CloudModel)
             batch_size_fn=lambda xs: sum(min(len(x), mbs) for x in xs),
         )(self._predict_batch)
-        log.info("%s: replica ready (pid %d, %s, %d instance(s) x %d thread(s))", name, os.getpid(), backend,
-                 instances, threads)
+        log.info("%s: replica ready in %.1f s (pid %d; %s loaded in %.1f s, warm-up %.1f s; %d instance(s) x %d "
+                 "thread(s))", name, time.perf_counter() - t0, os.getpid(), backend, t_load,
+                 self.model.warmup_seconds, instances, threads)
 
     async def run(self, job: Job) -> Reply:
         """Decode the job (in the pool, or here if tiny), then batch it with others and run the model."""
@@ -307,6 +328,7 @@ class Ingress:
     """The HTTP API: ``cloud.app``'s FastAPI app, its models' engines on the Model deployments."""
 
     def __init__(self, bundles: dict[str, str], settings: Settings, models: dict[str, DeploymentHandle]):
+        log_through_serve(settings)
         self.bundles, self.settings, self.models = bundles, settings, models
 
     def __serve_build_asgi_app__(self):

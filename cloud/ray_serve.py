@@ -24,7 +24,7 @@ log = logging.getLogger("hybrid_vision.cloud")
 APP_NAME = "hybrid-vision"
 OBJECT_STORE_BYTES = 128 * 2**20
 # Ray's own settings for a quick, quiet local start (each only where the environment does not set it).
-FAST_START_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_LOG_TO_STDERR": "0"}
+FAST_START_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> bool:

@@ -65,3 +65,14 @@ def quantized_bundle(quantized_bundle_session, tmp_path) -> Path:
     dst = tmp_path / "qbundle"
     shutil.copytree(quantized_bundle_session, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """ONE real local Ray cluster (2 CPUs) with Serve's HTTP proxy on a free loopback port, for every Ray test;
+    shut down, its /tmp/ray session removed, when the session ends. Needs the `scale` extra (in `dev`)."""
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'hybrid-vision[scale]'")
+    from ray_cluster import local_cluster
+
+    with local_cluster(num_cpus=2) as cluster:
+        yield cluster
