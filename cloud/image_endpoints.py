@@ -163,7 +163,7 @@ def classify_body(sm: ServedModel, p: np.ndarray, top_k: int) -> bytes:
     if not all(map(math.isfinite, conf)):
         raise RuntimeError(f"{sm.name}: the model gave a non-finite probability")
     labels = sm.labels_json
-    top = ",".join(f'{{"label":{labels[i]},"confidence":{c!r}}}' for i, c in zip(order, conf))
+    top = ",".join(f'{{"label":{labels[i]},"confidence":{c!r}}}' for i, c in zip(order, conf, strict=False))
     return (f'{{"model_name":{sm.name_json},"label":{labels[order[0]]},"confidence":{conf[0]!r},'
             f'"top_k":[{top}]}}').encode()
 

@@ -133,8 +133,10 @@ def fit_model(model, train, val, cfg: TrainConfig, desc: str) -> dict[str, Any]:
     )
     rng = np.random.default_rng(cfg.seed)
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience, restore_best_weights=True, mode="max"),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, cfg.patience // 2), min_lr=1e-5),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience, restore_best_weights=True,
+                                      mode="max"),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, cfg.patience // 2),
+                                          min_lr=1e-5),
         _progress_callback(cfg.epochs, desc, cfg.progress),
     ]
     t0 = time.perf_counter()
@@ -215,7 +217,8 @@ def train(cfg: TrainConfig) -> Bundle:
             models["edge_source"] = ModelFile(file="edge_source.keras", format="keras")
             etest = classification_summary(te.y, predict_probs(edge, te.x).argmax(1), sp.labels)
             reports["edge_source"] = {"arch": cfg.edge_arch, "width": cfg.edge_width, **fit_edge, "test": etest}
-            plot_confusion(etest["confusion_matrix"], sp.labels, td / "train_confusion_edge.png", "edge float model, test split")
+            plot_confusion(etest["confusion_matrix"], sp.labels, td / "train_confusion_edge.png",
+                           "edge float model, test split")
             files["train_confusion_edge.png"] = td / "train_confusion_edge.png"
         reports["seconds_total"] = round(time.perf_counter() - t_start, 2)
         manifest = Manifest(
