@@ -172,15 +172,15 @@ class Parity:
 # --- the steps -----------------------------------------------------------------------------------
 
 
-def check_settings(s: QuantizeSettings) -> None:
+def check_settings(settings: QuantizeSettings) -> None:
     """Refuse out-of-range knobs before any work."""
-    if s.num_calib < 1:
-        raise CalibrationDataError(f"--num-calib must be at least 1, not {s.num_calib}")
-    if s.io_dtype not in ("int8", "uint8"):
-        raise QuantizeError(f"--io must be int8 or uint8, not {s.io_dtype!r}")
-    if s.max_offload is not None and not 0.0 <= s.max_offload <= 1.0:
-        raise QuantizeError(f"--max-offload must be within [0, 1], not {s.max_offload}")
-    if s.target_gap < 0 or s.max_drop < 0:
+    if settings.num_calib < 1:
+        raise CalibrationDataError(f"--num-calib must be at least 1, not {settings.num_calib}")
+    if settings.io_dtype not in ("int8", "uint8"):
+        raise QuantizeError(f"--io must be int8 or uint8, not {settings.io_dtype!r}")
+    if settings.max_offload is not None and not 0.0 <= settings.max_offload <= 1.0:
+        raise QuantizeError(f"--max-offload must be within [0, 1], not {settings.max_offload}")
+    if settings.target_gap < 0 or settings.max_drop < 0:
         raise QuantizeError("--target-gap and --max-drop are in percentage points and must be >= 0")
 
 
@@ -191,16 +191,16 @@ def open_bundle(path: str | Path) -> Bundle:
         raise QuantizeError(str(e)) from None
 
 
-def load_data(bundle: Bundle, s: QuantizeSettings) -> QuantizeData:
+def load_data(bundle: Bundle, settings: QuantizeSettings) -> QuantizeData:
     """Data first: a bad --calib folder should fail before minutes of work."""
     inp, pp = bundle.manifest.input, bundle.manifest.preprocess
-    calib_items = calibration_items(s.calib_dir, s.num_calib) if s.calib_dir is not None else None
-    split = evaluation_split(bundle, s.calib_dir)
+    calib_items = calibration_items(settings.calib_dir, settings.num_calib) if settings.calib_dir is not None else None
+    split = evaluation_split(bundle, settings.calib_dir)
     if calib_items is None:
-        calib_items = data_mod.stratified_sample(split.train, s.num_calib)
+        calib_items = data_mod.stratified_sample(split.train, settings.num_calib)
 
     def load(items: list[tuple[Path, int]], desc: str) -> data_mod.Arrays:
-        return data_mod.load_arrays(items, inp, pp, desc=desc, progress=s.progress)
+        return data_mod.load_arrays(items, inp, pp, desc=desc, progress=settings.progress)
 
     calib = load(calib_items, "load calibration")
     if len(calib.x) == 0:
@@ -214,7 +214,7 @@ def load_data(bundle: Bundle, s: QuantizeSettings) -> QuantizeData:
     test, val = load(split.test, "load test"), load(split.val, "load val")
     if len(test.x) == 0 or len(val.x) == 0:
         raise QuantizeError("no readable test or validation images")
-    source = str(s.calib_dir) if s.calib_dir is not None else "train split"
+    source = str(settings.calib_dir) if settings.calib_dir is not None else "train split"
     return QuantizeData(calib, test, val, source)
 
 
@@ -232,13 +232,13 @@ def load_networks(bundle: Bundle) -> Networks:
     return Networks(role, edge, cloud)
 
 
-def convert(nets: Networks, calib: data_mod.Arrays, s: QuantizeSettings) -> Converted:
+def convert(nets: Networks, calib: data_mod.Arrays, settings: QuantizeSettings) -> Converted:
     """fp32 and full-integer int8 TFLite (the converter's own log lines kept out unless -v)."""
     t0 = time.perf_counter()
     with native_stderr_silenced():
         fp32 = convert_fp32(nets.edge)
-        int8 = convert_int8(nets.edge, calib.x, s.io_dtype, quantizer=s.quantizer,  # type: ignore[arg-type]
-                            progress=s.progress)
+        int8 = convert_int8(nets.edge, calib.x, settings.io_dtype, quantizer=settings.quantizer,  # type: ignore[arg-type]
+                            progress=settings.progress)
     return Converted(fp32, int8, time.perf_counter() - t0)
 
 
@@ -289,15 +289,15 @@ def evaluate_parity(nets: Networks, converted: Converted, test: data_mod.Arrays,
 
 
 def base_report(bundle: Bundle, nets: Networks, data: QuantizeData, converted: Converted, ops: dict[str, Any],
-                parity: Parity, s: QuantizeSettings) -> dict[str, Any]:
+                parity: Parity, settings: QuantizeSettings) -> dict[str, Any]:
     """The parity report, before latency and calibration are added."""
     return {
-        "edge_role": nets.role, "quantizer": s.quantizer, "io_dtype": s.io_dtype, "versions": _versions(),
+        "edge_role": nets.role, "quantizer": settings.quantizer, "io_dtype": settings.io_dtype, "versions": _versions(),
         "calibration_data": {"source": data.calib_source, "images": int(len(data.calib.x)),
                              "skipped": len(data.calib.skipped)},
         "input_quant": parity.input_quant.model_dump(), "output_quant": parity.output_quant.model_dump(),
         "ops": ops,
-        "test": {**parity.test, "max_drop_points": float(s.max_drop)},
+        "test": {**parity.test, "max_drop_points": float(settings.max_drop)},
         "size_bytes": {"keras": bundle.model_path(nets.role).stat().st_size, "tflite_fp32": len(converted.fp32),
                        "tflite_int8": len(converted.int8),
                        "ratio_fp32_over_int8": len(converted.fp32) / len(converted.int8)},
@@ -317,11 +317,11 @@ def refuse_accuracy_drop(parity: Parity, max_drop: float, report: dict[str, Any]
         )
 
 
-def measure_latency(converted: Converted, x: np.ndarray, s: QuantizeSettings) -> dict[str, Any]:
+def measure_latency(converted: Converted, x: np.ndarray, settings: QuantizeSettings) -> dict[str, Any]:
     """fp32 against int8 TFLite, one thread, on the test images."""
     log.info("measuring latency (1 thread) and calibrating the routing threshold")
-    lat = compare_latency({"fp32": converted.fp32, "int8": converted.int8}, x, runs=s.latency_runs,
-                          progress=s.progress, desc="latency fp32 vs int8")
+    lat = compare_latency({"fp32": converted.fp32, "int8": converted.int8}, x, runs=settings.latency_runs,
+                          progress=settings.progress, desc="latency fp32 vs int8")
     lat32, lat8 = lat["fp32"], lat["int8"]
     return {"runtime": "ai_edge_litert.interpreter.Interpreter (default XNNPACK delegate)",
             "tflite_fp32": lat32.as_dict(), "tflite_int8": lat8.as_dict(),
@@ -329,19 +329,19 @@ def measure_latency(converted: Converted, x: np.ndarray, s: QuantizeSettings) ->
 
 
 def calibrate_routing(converted: Converted, nets: Networks, val: data_mod.Arrays,
-                      s: QuantizeSettings) -> Calibration:
+                      settings: QuantizeSettings) -> Calibration:
     """The routing threshold, from the int8 and cloud answers on the validation split."""
-    pv_int8 = run_tflite(converted.int8, val.x, progress=s.progress, desc="int8 tflite (val)")
+    pv_int8 = run_tflite(converted.int8, val.x, progress=settings.progress, desc="int8 tflite (val)")
     pv_cloud = predict_probs(nets.cloud, val.x)
-    return calibrate(pv_int8, pv_cloud, val.y, target_gap=s.target_gap, max_offload=s.max_offload)
+    return calibrate(pv_int8, pv_cloud, val.y, target_gap=settings.target_gap, max_offload=settings.max_offload)
 
 
-def calibration_report(calibration: Calibration, s: QuantizeSettings) -> dict[str, Any]:
+def calibration_report(calibration: Calibration, settings: QuantizeSettings) -> dict[str, Any]:
     chosen = calibration.chosen
     return {"metric": chosen.metric, "threshold": chosen.threshold, "offload": chosen.offload,
             "hybrid_accuracy": chosen.accuracy, "val_cloud_accuracy": calibration.cloud_accuracy,
             "val_edge_accuracy": calibration.edge_accuracy, "mode": calibration.as_dict()["mode"],
-            "target_gap_points": s.target_gap, "max_offload": s.max_offload}
+            "target_gap_points": settings.target_gap, "max_offload": settings.max_offload}
 
 
 def write_quantized(bundle: Bundle, converted: Converted, parity: Parity, calibration: Calibration,
@@ -377,20 +377,20 @@ def quantize_bundle(
 ) -> dict[str, Any]:
     """Add the int8 edge model, the parity report and the calibrated routing to a bundle; return the report."""
     t_start = time.perf_counter()
-    s = QuantizeSettings(calib_dir, num_calib, io_dtype, max_drop, allow_float_ops, target_gap, max_offload,
+    settings = QuantizeSettings(calib_dir, num_calib, io_dtype, max_drop, allow_float_ops, target_gap, max_offload,
                          progress, quantizer, latency_runs)
-    check_settings(s)
+    check_settings(settings)
     bundle = open_bundle(bundle_path)
-    data = load_data(bundle, s)
+    data = load_data(bundle, settings)
     nets = load_networks(bundle)
-    converted = convert(nets, data.calib, s)
-    ops = check_ops(converted.int8, s.allow_float_ops)
-    parity = evaluate_parity(nets, converted, data.test, bundle.labels, s.progress)
-    report = base_report(bundle, nets, data, converted, ops, parity, s)
-    refuse_accuracy_drop(parity, s.max_drop, report)
-    report["latency"] = measure_latency(converted, data.test.x, s)
-    calibration = calibrate_routing(converted, nets, data.val, s)
-    report["calibration"] = calibration_report(calibration, s)
+    converted = convert(nets, data.calib, settings)
+    ops = check_ops(converted.int8, settings.allow_float_ops)
+    parity = evaluate_parity(nets, converted, data.test, bundle.labels, settings.progress)
+    report = base_report(bundle, nets, data, converted, ops, parity, settings)
+    refuse_accuracy_drop(parity, settings.max_drop, report)
+    report["latency"] = measure_latency(converted, data.test.x, settings)
+    calibration = calibrate_routing(converted, nets, data.val, settings)
+    report["calibration"] = calibration_report(calibration, settings)
     report["passed"] = True
     report["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
     write_quantized(bundle, converted, parity, calibration, report)
