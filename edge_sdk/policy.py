@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 import numpy as np
 
@@ -28,11 +28,15 @@ MODES: tuple[str, ...] = get_args(Mode)
 _EPS = 1e-12
 
 
-def check_mode(mode: str) -> Mode:
-    """Check a mode name.
+def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")
+    return value
 
-    Args:
-        mode: the name to check.
+
+def check_mode(mode: str) -> Mode:
+    """Args:
+        mode: a mode name.
 
     Returns:
         ``mode``, typed as a :data:`Mode`.
@@ -40,26 +44,17 @@ def check_mode(mode: str) -> Mode:
     Raises:
         ValueError: it is not one of :data:`MODES` (the message names them).
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    return mode  # type: ignore[return-value]
+    return cast(Mode, _one_of(mode, MODES, "mode"))
 
 
 def check_metric(metric: str) -> Metric:
-    """Check a confidence metric's name.
-
-    Args:
-        metric: the name to check.
+    """Args:
+        metric: a confidence metric's name.
 
     Returns:
-        ``metric``, typed as a :data:`Metric`.
-
-    Raises:
-        ValueError: it is not one of :data:`METRICS` (the message names them).
+        ``metric``, typed as a :data:`Metric`; a ValueError (naming :data:`METRICS`) if it is none.
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown confidence metric {metric!r}; choose from {', '.join(METRICS)}")
-    return metric  # type: ignore[return-value]
+    return cast(Metric, _one_of(metric, METRICS, "confidence metric"))
 
 
 def confidence(probs: np.ndarray, metric: str = "max_prob") -> np.ndarray | float:
