@@ -32,7 +32,6 @@ sys.path.insert(0, str(REPO / "tests"))  # cloud_server.serve_subprocess
 import numpy as np  # noqa: E402
 from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
 
-
 TARGET_US = 30  # SDK overhead over the bare interpreter call, confident array (issue 18)
 
 
