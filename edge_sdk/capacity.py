@@ -38,19 +38,22 @@ class Probe(Protocol):
 
 
 class _Cached:
-    """A reading refreshed at most every ``ttl`` seconds (benign races: two threads may both refresh)."""
+    """A reading, and the probe's result for it, refreshed at most every ``ttl`` seconds (or when the threshold
+    changes); in between, a check is one clock read. Benign races: two threads may both refresh."""
 
-    def __init__(self, read: Callable[[], float], ttl: float, clock: Callable[[], float] = time.monotonic):
-        self._read, self._ttl, self._clock = read, ttl, clock
-        self._value = 0.0
+    def __init__(self, read: Callable[[], float], ttl: float, judge: Callable[[float, float], ProbeResult],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._read, self._ttl, self._judge, self._clock = read, ttl, judge, clock
         self._at = float("-inf")
+        self._result = ProbeResult(True)
 
-    def get(self) -> float:
+    def get(self, threshold: float) -> ProbeResult:
         now = self._clock()
-        if now - self._at >= self._ttl:
-            self._value = float(self._read())
+        result = self._result
+        if now - self._at >= self._ttl or result.threshold != threshold:
+            result = self._result = self._judge(float(self._read()), threshold)
             self._at = now
-        return self._value
+        return result
 
 
 class MemoryProbe:
@@ -69,14 +72,14 @@ class MemoryProbe:
         import psutil
 
         self.threshold = float(min_available_mb)
-        self._mb = _Cached(read or (lambda: psutil.virtual_memory().available / 2**20), cache_s)
+        self._mb = _Cached(read or (lambda: psutil.virtual_memory().available / 2**20), cache_s,
+                           lambda v, t: ProbeResult(v >= t, v, t, "available memory, MiB"))
 
     def check(self) -> ProbeResult:
         """Returns:
         ok when the available memory is at least the threshold.
         """
-        v = self._mb.get()
-        return ProbeResult(v >= self.threshold, v, self.threshold, "available memory, MiB")
+        return self._mb.get(self.threshold)
 
 
 class CpuLoadProbe:
@@ -96,14 +99,14 @@ class CpuLoadProbe:
 
         cores = psutil.cpu_count() or os.cpu_count() or 1
         self.threshold = float(max_load_per_core)
-        self._load = _Cached(read or (lambda: psutil.getloadavg()[0] / cores), cache_s)
+        self._load = _Cached(read or (lambda: psutil.getloadavg()[0] / cores), cache_s,
+                             lambda v, t: ProbeResult(v <= t, v, t, "1-min load average per core"))
 
     def check(self) -> ProbeResult:
         """Returns:
         ok when the load per core is at most the threshold.
         """
-        v = self._load.get()
-        return ProbeResult(v <= self.threshold, v, self.threshold, "1-min load average per core")
+        return self._load.get(self.threshold)
 
 
 class InflightProbe:

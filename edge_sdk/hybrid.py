@@ -81,7 +81,7 @@ class Prediction:
 class ClassifierEdge:
     """One edge model ready to run: its pixel table and interpreter. An update builds a new one."""
 
-    __slots__ = ("model", "pixels")
+    __slots__ = ("model", "pixels", "_quantize", "_predict")
 
     def __init__(self, model: LocalModel, input_spec: InputSpec, preprocess_spec: PreprocessSpec,
                  num_classes: int) -> None:
@@ -97,9 +97,10 @@ class ClassifierEdge:
         model.check_fits(input_spec, num_classes)
         self.model = model
         self.pixels = PixelQuantizer(input_spec, preprocess_spec, model.input_quant)
+        self._quantize, self._predict = self.pixels.quantize_pixels, model.predict_quantized  # bound once
 
     def __call__(self, staged: Staged) -> np.ndarray:
-        return self.model.predict_quantized(self.pixels(staged.resized))
+        return self._predict(self._quantize(staged.resized))
 
 
 class HybridClassifier:

@@ -119,12 +119,15 @@ class PixelQuantizer:
         per_channel = inp.channels == 3 and not (table == table[:, :1]).all()
         # cv2.LUT's table: 256 entries, one channel (the same for R, G, B) or one per channel
         self._lut = np.ascontiguousarray(table.reshape(256, 1, 3) if per_channel else table[:, 0])
+        self._grey = inp.channels == 1
         rng = np.random.default_rng(0)
         probes = [rng.integers(0, 256, (inp.height, inp.width, 3), dtype=np.uint8) for _ in range(3)]
         probes.append(np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2))
         self.exact = all(np.array_equal(self._lookup(p), self.direct(p)) for p in probes)
         if not self.exact:
             log.warning("pixel quantization table disagrees with preprocess; using the direct path")
+        # what a call runs, chosen once: the table, or the direct path if the table ever disagreed
+        self.quantize_pixels: Callable[[np.ndarray], np.ndarray] = self._lookup if self.exact else self.direct
 
     def direct(self, rgb: np.ndarray) -> np.ndarray:
         """Args:
@@ -137,12 +140,20 @@ class PixelQuantizer:
 
     def _lookup(self, rgb: np.ndarray) -> np.ndarray:
         """The table look-up (cv2.LUT: one pass in C, several times faster than numpy's fancy indexing)."""
-        if self.inp.channels == 1:
-            return cv2.LUT(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), self._lut)[..., None]
-        return cv2.LUT(rgb, self._lut)
+        if self._grey:
+            out: np.ndarray = cv2.LUT(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), self._lut)[..., None]
+            return out
+        out = cv2.LUT(rgb, self._lut)
+        return out
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        return self._lookup(rgb) if self.exact else self.direct(rgb)
+        """Args:
+            rgb: resized HxWx3 uint8 RGB.
+
+        Returns:
+            The model's integer input, HxWxC.
+        """
+        return self.quantize_pixels(rgb)
 
 
 
