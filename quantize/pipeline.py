@@ -21,6 +21,7 @@ from edge_sdk.bundle import Bundle, ModelFile, Routing, load_bundle, update_bund
 from edge_sdk.errors import HybridVisionError
 
 from . import data as data_mod
+from .agreement import agreement_report
 from .calibrate import calibrate, plot_curves
 from .convert import Quantizer, check_classifier, convert_fp32, convert_int8
 from .errors import (  # noqa: F401  (re-exported: quantize.pipeline.QuantizeError is the public name)
@@ -208,6 +209,7 @@ def quantize_bundle(
             "agreement_tflite_fp32_vs_keras": float((p_fp32.argmax(1) == p_edge_keras.argmax(1)).mean()),
             "mean_abs_prob_diff": float(diff.mean()), "max_abs_prob_diff": float(diff.max()),
             "int8": {k: int8_summary[k] for k in ("macro_f1", "confusion_matrix")},
+            "agreement_int8_vs_fp32_by_class": agreement_report(p_int8, p_edge_keras, y, man.labels),
         },
         "size_bytes": {"keras": bundle.model_path(role).stat().st_size, "tflite_fp32": len(fp32_bytes),
                        "tflite_int8": len(int8_bytes), "ratio_fp32_over_int8": len(fp32_bytes) / len(int8_bytes)},
