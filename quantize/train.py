@@ -123,9 +123,12 @@ def train(cfg: TrainConfig) -> Bundle:
         reports["baseline"] = run_baseline(cfg, tr, va, te)
 
     arch = rec.arch
-    logits = build(arch, shape, n, rec.width)
-    fit_cloud = fit(logits, tr.x, tr.y, val, rec.augment, _fit_options(cfg, rec, f"train cloud {logits.name}"))
-    flip_avg = rec.augment.policy == "photo" and rec.augment.flip
+    if arch == "kmeans":
+        logits, fit_cloud = fit_small(tr, val, n, rec, cfg)
+    else:
+        logits = build(arch, shape, n, rec.width)
+        fit_cloud = fit(logits, tr.x, tr.y, val, rec.augment, _fit_options(cfg, rec, f"train cloud {logits.name}"))
+    flip_avg = rec.augment.policy == "photo" and rec.augment.flip and arch != "kmeans"
     cloud = with_softmax(logits, flip_average=flip_avg)
     reports["cloud"] = {"arch": arch, "width": rec.width, "flip_average": flip_avg, **fit_cloud}
     with tempfile.TemporaryDirectory() as td:
@@ -156,6 +159,20 @@ def train(cfg: TrainConfig) -> Bundle:
         bundle = write_bundle(cfg.out, manifest, files)
     log.debug("train report: %s", json.dumps(reports)[:2000])
     return bundle
+
+
+def fit_small(tr, val, n: int, rec, cfg: TrainConfig):
+    """The small-data model (k-means features + logistic regression); returns (logits model, report)."""
+    from .features import FeatureOptions, train_features
+
+    _say(cfg, "train cloud: k-means patch features (no labels) + logistic-regression head")
+    model, rep = train_features(tr.x, tr.y, n, FeatureOptions(flip=rec.augment.flip, seed=cfg.seed))
+    va = None
+    if val is not None:
+        from .fit import predict_logits
+
+        va = float((predict_logits(model, val[0]).argmax(1) == val[1]).mean())
+    return model, {**rep, "epochs_run": 0, "best_epoch": 0, "val_accuracy": va}
 
 
 def configure_threads() -> None:

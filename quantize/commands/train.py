@@ -14,8 +14,9 @@ def add_arguments(p) -> None:
                         "(built in) [digits]")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--name", help="model name (default: the --out folder's name)")
-    p.add_argument("--arch", choices=ARCH_CHOICES, help="cloud architecture [from the data: resnet for photos, cnn "
-                                                         "for small grey shapes]")
+    p.add_argument("--arch", choices=[*ARCH_CHOICES, "kmeans"],
+                   help="cloud architecture [from the data: resnet for photos, cnn for small grey shapes, kmeans "
+                        "(k-means features + logistic regression) for small data]")
     p.add_argument("--width", type=float, help="cloud width multiplier [from the data]")
     p.add_argument("--edge-arch", choices=ARCH_CHOICES,
                    help="train a separate edge network (big/little) [the cloud model if its int8 file fits "
