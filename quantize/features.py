@@ -28,7 +28,8 @@ import numpy as np
 class FeatureOptions:
     filters: int = 256  # k-means centroids; the model has twice as many feature maps (both polarities)
     patch: int | None = None  # patch side; default about 6/32 of the image side
-    patches: int = 40000  # patches sampled for whitening and k-means
+    patches: int = 20000  # patches sampled for whitening and k-means
+    iterations: int = 10  # k-means iterations (Coates et al. use 10)
     flip: bool = True  # add mirrored training images to the head's training set
     seed: int = 0
 
@@ -43,8 +44,6 @@ def _patches(x: np.ndarray, r: int, count: int, rng: np.random.Generator) -> np.
 
 def learn_filters(x: np.ndarray, opts: FeatureOptions) -> tuple[np.ndarray, float, int]:
     """Conv kernels (r, r, C, 2K) that whiten, match the centroids and take both polarities; threshold a; r."""
-    from sklearn.cluster import MiniBatchKMeans
-
     rng = np.random.default_rng(opts.seed)
     side = min(x.shape[1:3])
     r = opts.patch or int(np.clip(round(side * 6 / 32), 3, side))
@@ -55,13 +54,28 @@ def learn_filters(x: np.ndarray, opts: FeatureOptions) -> tuple[np.ndarray, floa
     evals = np.maximum(evals, 0)
     zca = evecs @ np.diag(1.0 / np.sqrt(evals + 0.1 * evals.mean())) @ evecs.T
     white = p @ zca
-    km = MiniBatchKMeans(opts.filters, random_state=opts.seed, n_init=1, batch_size=2048).fit(white)
-    d = km.cluster_centers_ / np.maximum(np.linalg.norm(km.cluster_centers_, axis=1, keepdims=True), 1e-8)
+    centres = kmeans(white.astype(np.float32), opts.filters, opts.iterations, rng)
+    d = centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-8)
     kernel = centre @ zca @ d.T  # patch -> responses to each centroid
     z = white @ d.T
     alpha = float(0.5 * z.std())
     k = np.concatenate([kernel, -kernel], axis=1).reshape(r, r, x.shape[3], 2 * opts.filters)
     return k.astype(np.float32), alpha, r
+
+
+def kmeans(x: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
+    """Plain k-means (Lloyd) from k random points; an emptied cluster restarts at a random point."""
+    c = x[rng.choice(len(x), size=min(k, len(x)), replace=False)].copy()
+    for _ in range(iterations):
+        nearest = np.argmax(x @ c.T - 0.5 * (c * c).sum(1), axis=1)
+        counts = np.bincount(nearest, minlength=len(c))
+        sums = np.zeros((len(c), len(x)), np.float32)
+        sums[nearest, np.arange(len(x))] = 1.0
+        sums = sums @ x
+        empty = counts == 0
+        c[~empty] = sums[~empty] / counts[~empty, None]
+        c[empty] = x[rng.choice(len(x), size=int(empty.sum()), replace=False)]
+    return c.astype(np.float64)
 
 
 def feature_model(input_shape, kernel: np.ndarray, alpha: float):
@@ -92,11 +106,16 @@ def train_features(x: np.ndarray, y: np.ndarray, num_classes: int, opts: Feature
     xs, ys = (np.concatenate([x, x[:, :, ::-1]]), np.concatenate([y, y])) if opts.flip else (x, y)
     f = np.concatenate([np.asarray(feats(xs[i : i + 256])) for i in range(0, len(xs), 256)])
     mu, sd = f.mean(0), f.std(0) + 1e-6
+    fs = (f - mu) / sd
+    # L2-regularised weights lie in the span of the training features (representer theorem), so with fewer
+    # images than features the head is fitted in that span: the same solution, a much smaller problem.
+    basis = np.linalg.svd(fs, full_matrices=False)[2].T if len(fs) < fs.shape[1] else np.eye(fs.shape[1])
     head = LogisticRegression(C=_pick_c(len(np.unique(ys)), len(ys)), max_iter=3000)
-    head.fit((f - mu) / sd, ys)
+    head.fit(fs @ basis, ys)
     w = np.zeros((f.shape[1], num_classes), np.float32)
     b = np.full(num_classes, -1e4, np.float32)  # a class absent from training is never predicted
     coef, icpt = _full_coef(head, num_classes)
+    coef = (basis @ coef).astype(np.float32)
     seen = head.classes_
     w[:, seen] = coef / sd[:, None]
     b[seen] = icpt - (mu / sd) @ coef
@@ -104,7 +123,7 @@ def train_features(x: np.ndarray, y: np.ndarray, num_classes: int, opts: Feature
     logits = out(feats.output)
     out.set_weights([w, b])
     model = keras.Model(feats.input, logits, name="kmeans_linear")
-    train_acc = float((head.predict((f - mu) / sd) == ys).mean())
+    train_acc = float((head.predict(fs @ basis) == ys).mean())
     return model, {"filters": opts.filters, "patch": r, "features": int(f.shape[1]), "alpha": alpha,
                    "C": head.C, "train_accuracy": train_acc, "seconds": round(time.perf_counter() - t0, 2),
                    "params": int(model.count_params())}
