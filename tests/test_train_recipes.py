@@ -1,4 +1,4 @@
-"""Distillation (soft targets at a temperature) and the int8 size budget of the edge model."""
+"""`train` end to end on small data made here: distillation, the int8 size budget, the small-data model, the baseline."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_train_distils_a_budgeted_edge_model_and_quantize_reports_agreement_by_c
     from quantize.train import TrainConfig, train
 
     root = make_images(tmp_path / "imgs", classes=3, per_class=14, size=(20, 20), grey=False)
-    b = train(TrainConfig(data=str(root), out=str(tmp_path / "b"), input_size=16, arch="resnet", width=0.25,
+    b = train(TrainConfig(data=str(root), out=str(tmp_path / "b"), input_size=16, arch="cnn", width=1.0,
                           edge_max_kb=40, epochs=3, edge_epochs=3, progress=False))
     rep = b.manifest.reports["train"]
     assert set(b.manifest.models) == {"cloud", "edge_source"}
@@ -81,3 +81,31 @@ def test_train_distils_a_budgeted_edge_model_and_quantize_reports_agreement_by_c
     assert set(by_class["per_class"]) == {"c0", "c1", "c2"}
     assert by_class["overall"] == pytest.approx(q["test"]["agreement_int8_vs_fp32"])
     assert sum(v["n"] for v in by_class["per_class"].values()) == q["test"]["n"]
+
+
+def test_small_data_gets_the_kmeans_model_which_converts_to_int8(tmp_path):
+    from quantize.pipeline import quantize_bundle
+    from quantize.train import TrainConfig, train
+
+    root = make_images(tmp_path / "few", classes=4, per_class=8, size=(24, 24), grey=False)
+    b = train(TrainConfig(data=str(root), out=str(tmp_path / "b"), progress=False))
+    rep = b.manifest.reports["train"]
+    assert rep["recipe"]["kind"] == "small" and rep["cloud"]["arch"] == "kmeans"
+    assert rep["cloud"]["features"] == 8 * 256 and rep["cloud"]["train_accuracy"] == 1.0
+    assert rep["edge_plan"]["role"] == "cloud" and set(b.manifest.models) == {"cloud"}
+    assert b.manifest.input.height == 24  # the median side of the data
+    q = quantize_bundle(b.path, progress=False, max_drop=100.0, latency_runs=5)
+    assert q["ops"]["non_int8"] == [] and q["test"]["agreement_int8_vs_fp32"] >= 0.75
+
+
+def test_the_baseline_warning_names_the_model_that_lost(tmp_path, caplog):
+    from quantize.train import TrainConfig, train
+
+    root = make_images(tmp_path / "grey", classes=3, per_class=40, size=(20, 20), grey=True)
+    b = train(TrainConfig(data=str(root), out=str(tmp_path / "b"), arch="cnn", epochs=1, learning_rate=0.0,
+                          progress=False))
+    base = b.manifest.reports["train"]["baseline"]
+    cloud = b.manifest.reports["train"]["cloud"]["test"]["accuracy"]
+    assert base["test_accuracy"] == 1.0 and cloud < 1.0  # a learning rate of 0: the CNN keeps its random weights
+    assert base["warnings"] and base["warnings"][0].startswith("cloud model: the trained model")
+    assert any("less accurate than the baseline" in r.getMessage() for r in caplog.records)
