@@ -43,9 +43,10 @@ def test_large_photos_are_capped_and_small_sets_get_the_small_recipe(tmp_path):
     root = make_images(tmp_path / "big", per_class=5, size=(300, 200), grey=False)
     labels, items = data.list_folder(root)
     r = recipe.choose(recipe.profile(items, len(labels)))
-    assert (r.input_size, r.grayscale, r.kind) == (recipe.MAX_SIDE, False, "small")
+    assert (r.input_size, r.grayscale, r.kind, r.arch) == (recipe.SMALL_MAX_SIDE, False, "small", "kmeans")
     assert r.augment.flip is True and r.augment.cutout == 0  # gentler augmentation for tiny data
-    assert any(f"capped at {recipe.MAX_SIDE}" in why for why in r.reasons)
+    assert any(f"capped at {recipe.MAX_SIDE}" in why and f"lowered to {recipe.SMALL_MAX_SIDE}" in why
+               for why in r.reasons)
     explicit = recipe.choose(recipe.profile(items, len(labels)), input_size=40, arch="cnn", epochs=3)
     assert (explicit.input_size, explicit.arch, explicit.epochs) == (40, "cnn", 3)
     assert not any("median" in why for why in explicit.reasons)
