@@ -85,6 +85,15 @@ def soft_targets(teacher_logits: np.ndarray, temperature: float) -> np.ndarray:
     return (z / z.sum(1, keepdims=True)).astype(np.float32)
 
 
+def _validate(model, val, hist: dict[str, list[float]], best: tuple, epoch: int) -> tuple:
+    """Score the epoch on the validation split; returns the (accuracy, epoch, weights) best so far."""
+    if val is None or not len(val[1]):
+        return best
+    va = float((predict_logits(model, val[0]).argmax(1) == val[1]).mean())
+    hist["val_accuracy"].append(va)
+    return (va, epoch + 1, model.get_weights()) if va >= best[0] else best
+
+
 def fit(model, x: np.ndarray, y: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None, augment: AugmentSpec,
         opts: FitOptions, soft: np.ndarray | None = None) -> dict[str, Any]:
     """Train ``model`` (logits out) in place; returns what happened (epochs, best epoch, seconds, history).
@@ -103,8 +112,7 @@ def fit(model, x: np.ndarray, y: np.ndarray, val: tuple[np.ndarray, np.ndarray] 
     optimizer = keras.optimizers.SGD(learning_rate=opts.lr, momentum=opts.momentum, nesterov=True)
     step_fn = _step_fn(model, optimizer, opts, num_classes, soft is not None)
     dummy = np.zeros((1, num_classes), np.float32)
-    rng = np.random.default_rng(opts.seed)
-    y32 = y.astype(np.int32)
+    rng, y32 = np.random.default_rng(opts.seed), y.astype(np.int32)
     hist: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_accuracy": []}
     best = (-1.0, 0, None)  # (val accuracy, epoch, weights)
     t0, done = time.perf_counter(), 0
@@ -123,11 +131,7 @@ def fit(model, x: np.ndarray, y: np.ndarray, val: tuple[np.ndarray, np.ndarray] 
                 bar.update(1)
             hist["loss"].append(float(np.mean(losses)))
             hist["accuracy"].append(float(np.mean(accs)))
-            if val is not None and len(val[1]):
-                va = float((predict_logits(model, val[0]).argmax(1) == val[1]).mean())
-                hist["val_accuracy"].append(va)
-                if va >= best[0]:
-                    best = (va, epoch + 1, model.get_weights())
+            best = _validate(model, val, hist, best, epoch)
             bar.set_postfix(epoch=f"{epoch + 1}/{opts.epochs}", loss=f"{hist['loss'][-1]:.3f}",
                             acc=f"{hist['accuracy'][-1]:.3f}",
                             val_acc=f"{hist['val_accuracy'][-1]:.3f}" if hist["val_accuracy"] else "-")
@@ -138,11 +142,15 @@ def fit(model, x: np.ndarray, y: np.ndarray, val: tuple[np.ndarray, np.ndarray] 
     stopped_early = len(hist["loss"]) < opts.epochs
     if stopped_early and best[2] is not None:
         model.set_weights(best[2])  # the schedule did not finish: keep the best epoch seen
+    return _summary(model, hist, best, stopped_early, opts) | {
+        "seconds": round(time.perf_counter() - t0, 2), "steps": done, "batch_size": bs}
+
+
+def _summary(model, hist: dict[str, list[float]], best: tuple, stopped_early: bool, opts: FitOptions) -> dict[str, Any]:
     return {
         "epochs_run": len(hist["loss"]), "epochs_planned": opts.epochs, "stopped_early": stopped_early,
         "best_epoch": best[1] if stopped_early else len(hist["loss"]),
         "val_accuracy": (best[0] if stopped_early else hist["val_accuracy"][-1]) if hist["val_accuracy"] else None,
-        "seconds": round(time.perf_counter() - t0, 2), "steps": done, "batch_size": bs,
         "params": int(model.count_params()), "options": {k: v for k, v in asdict(opts).items() if k != "progress"},
         "history": {k: [round(v, 4) for v in vs] for k, vs in hist.items()},
     }

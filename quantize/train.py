@@ -94,8 +94,7 @@ def _fit_options(cfg: TrainConfig, rec: recipe_mod.Recipe, desc: str, epochs: in
 def train(cfg: TrainConfig) -> Bundle:
     import keras
 
-    from .fit import fit
-    from .models import build, with_softmax
+    from .models import with_softmax
 
     keras.utils.set_random_seed(cfg.seed)
     configure_threads()
@@ -107,48 +106,19 @@ def train(cfg: TrainConfig) -> Bundle:
     inp = InputSpec(height=rec.input_size, width=rec.input_size, channels=1 if rec.grayscale else 3,
                     color="GRAY" if rec.grayscale else "RGB")
     pp = PreprocessSpec(resize=cfg.resize, scale=1.0 / 255.0, mean=[0.0], std=[1.0])
-    arrays = {part: data_mod.load_arrays(sp.part(part), inp, pp, desc=f"load {part}", progress=cfg.progress)
-              for part in ("train", "val", "test")}
-    skipped = [s for a in arrays.values() for s in a.skipped]
-    if skipped:
-        log.warning("skipped %d unreadable file(s), e.g. %s", len(skipped), skipped[0])
-    tr, va, te = arrays["train"], arrays["val"], arrays["test"]
-    if len(tr.y) == 0:
-        raise data_mod.DataError(f"{cfg.data}: no readable training images")
-    shape, n = (inp.height, inp.width, inp.channels), len(sp.labels)
-    val = (va.x, va.y) if len(va.y) else None
+    tr, va, te, skipped = load_split(cfg, sp, inp, pp)
     reports: dict[str, Any] = {"config": asdict(cfg), "recipe": rec.as_dict(),
                                "skipped": {"count": len(skipped), "files": skipped[:50]}}
     if cfg.baseline:
         reports["baseline"] = run_baseline(cfg, tr, va, te)
-
-    arch = rec.arch
-    if arch == "kmeans":
-        logits, fit_cloud = fit_small(tr, val, n, rec, cfg)
-    else:
-        logits = build(arch, shape, n, rec.width)
-        fit_cloud = fit(logits, tr.x, tr.y, val, rec.augment, _fit_options(cfg, rec, f"train cloud {logits.name}"))
-    flip_avg = rec.augment.policy == "photo" and rec.augment.flip and arch != "kmeans"
-    cloud = with_softmax(logits, flip_average=flip_avg)
-    reports["cloud"] = {"arch": arch, "width": rec.width, "flip_average": flip_avg, **fit_cloud}
+    logits, flip_avg = train_cloud(cfg, rec, tr, va, len(sp.labels), reports)
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)
-        files: dict[str, Any] = {}
         models = {"cloud": ModelFile(file="cloud.keras", format="keras")}
-        files.update(save_model(cloud, "cloud", te, sp.labels, td, reports))
-        edge_plan = plan_edge(cfg, rec, logits, shape, n)
-        reports["edge_plan"] = edge_plan
-        if edge_plan["role"] == "edge_source":
-            soft = None
-            if cfg.distill:
-                teacher = with_softmax(logits, flip_average=flip_avg)
-                soft = teacher_soft_targets(teacher, tr.x, cfg.temperature)
-            little = build(edge_plan["arch"], shape, n, edge_plan["width"])
-            opts = _fit_options(cfg, rec, f"train edge {little.name}", cfg.edge_epochs or rec.edge_epochs)
-            fit_edge = fit(little, tr.x, tr.y, val, rec.augment, opts, soft=soft)
-            reports["edge_source"] = {"arch": edge_plan["arch"], "width": edge_plan["width"],
-                                      "distilled": soft is not None,
-                                      "temperature": cfg.temperature if soft is not None else None, **fit_edge}
+        files = save_model(with_softmax(logits, flip_average=flip_avg), "cloud", te, sp.labels, td, reports)
+        reports["edge_plan"] = plan_edge(cfg, logits, (inp.height, inp.width, inp.channels), len(sp.labels))
+        if reports["edge_plan"]["role"] == "edge_source":
+            little = train_edge(cfg, rec, with_softmax(logits, flip_average=flip_avg), tr, va, reports)
             files.update(save_model(with_softmax(little), "edge_source", te, sp.labels, td, reports))
             models["edge_source"] = ModelFile(file="edge_source.keras", format="keras")
         if cfg.baseline:
@@ -159,6 +129,52 @@ def train(cfg: TrainConfig) -> Bundle:
         bundle = write_bundle(cfg.out, manifest, files)
     log.debug("train report: %s", json.dumps(reports)[:2000])
     return bundle
+
+
+def load_split(cfg: TrainConfig, sp: data_mod.Split, inp: InputSpec, pp: PreprocessSpec):
+    """train, val and test arrays through the shared preprocessing, and the files that could not be read."""
+    arrays = {part: data_mod.load_arrays(sp.part(part), inp, pp, desc=f"load {part}", progress=cfg.progress)
+              for part in ("train", "val", "test")}
+    skipped = [s for a in arrays.values() for s in a.skipped]
+    if skipped:
+        log.warning("skipped %d unreadable file(s), e.g. %s", len(skipped), skipped[0])
+    if len(arrays["train"].y) == 0:
+        raise data_mod.DataError(f"{cfg.data}: no readable training images")
+    return arrays["train"], arrays["val"], arrays["test"], skipped
+
+
+def _val(va) -> tuple[np.ndarray, np.ndarray] | None:
+    return (va.x, va.y) if len(va.y) else None
+
+
+def train_cloud(cfg: TrainConfig, rec, tr, va, n: int, reports: dict[str, Any]):
+    """The cloud network (logits out) and whether its bundle model averages the image and its mirror."""
+    from .fit import fit
+    from .models import build
+
+    if rec.arch == "kmeans":
+        logits, fit_cloud = fit_small(tr, _val(va), n, rec, cfg)
+    else:
+        logits = build(rec.arch, tr.x.shape[1:], n, rec.width)
+        fit_cloud = fit(logits, tr.x, tr.y, _val(va), rec.augment, _fit_options(cfg, rec, f"train cloud {logits.name}"))
+    flip_avg = rec.augment.policy == "photo" and rec.augment.flip and rec.arch != "kmeans"
+    reports["cloud"] = {"arch": rec.arch, "width": rec.width, "flip_average": flip_avg, **fit_cloud}
+    return logits, flip_avg
+
+
+def train_edge(cfg: TrainConfig, rec, teacher, tr, va, reports: dict[str, Any]):
+    """The little network the plan chose, distilled from ``teacher`` unless --no-distill (logits out)."""
+    from .fit import fit
+    from .models import build
+
+    plan = reports["edge_plan"]
+    soft = teacher_soft_targets(teacher, tr.x, cfg.temperature) if cfg.distill else None
+    little = build(plan["arch"], tr.x.shape[1:], int(teacher.output_shape[-1]), plan["width"])
+    opts = _fit_options(cfg, rec, f"train edge {little.name}", cfg.edge_epochs or rec.edge_epochs)
+    fit_edge = fit(little, tr.x, tr.y, _val(va), rec.augment, opts, soft=soft)
+    reports["edge_source"] = {"arch": plan["arch"], "width": plan["width"], "distilled": soft is not None,
+                              "temperature": cfg.temperature if soft is not None else None, **fit_edge}
+    return little
 
 
 def fit_small(tr, val, n: int, rec, cfg: TrainConfig):
@@ -209,7 +225,7 @@ def warn_if_baseline_wins(cfg: TrainConfig, reports: dict[str, Any]) -> None:
         log.warning("%s", w)
 
 
-def plan_edge(cfg: TrainConfig, rec, cloud_logits, shape, n: int) -> dict[str, Any]:
+def plan_edge(cfg: TrainConfig, cloud_logits, shape, n: int) -> dict[str, Any]:
     """Which network goes to the device: the cloud model when it fits the budget, else a budgeted little one."""
     from .budget import int8_size, widest_within
 

@@ -1,4 +1,4 @@
-"""`train` end to end on small data made here: distillation, the int8 size budget, the small-data model, the baseline."""
+"""`train` end to end on small made-up data: distillation, the int8 size budget, the small-data model, the baseline."""
 
 from __future__ import annotations
 
