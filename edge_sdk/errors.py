@@ -50,3 +50,8 @@ class CloudUnavailableError(CloudError):
 
 class UpdateError(HybridVisionError):
     """An over-the-air model update was refused (bad checksum, unloadable model, server error); the old model stays."""
+
+
+class ProtocolError(HybridVisionError, ValueError):
+    """A KServe v2 message that does not frame: a bad ``Inference-Header-Content-Length``, a binary size past
+    the end of the body, a cut BYTES element. A server answers it with 400; the SDK treats it as a bad answer."""

@@ -46,8 +46,8 @@ class DemoError(HybridVisionError):
 @dataclass
 class DemoConfig:
     out: str = "demo-out"
-    epochs: int = 20
-    patience: int = 6
+    epochs: int | None = None  # None: the training recipe's (from the data size)
+    patience: int | None = None
     quick: bool = False  # for tests: few epochs, fewer calibration images, shorter latency runs
     bundle: str | None = None  # a trained digits bundle to start from instead of training the cloud model
     reuse: bool = False  # reuse the quantized bundles a previous run left in `out`
@@ -76,6 +76,10 @@ def signals_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _epochs(cfg: DemoConfig) -> str:
+    return f"{cfg.epochs} epochs each" if cfg.epochs else "epochs from the training recipe"
+
+
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
@@ -88,8 +92,8 @@ def train_pair(cfg: DemoConfig, dest: Path) -> Bundle:
     from .train import TrainConfig, train
 
     if cfg.bundle is None:
-        _say(f"[1/4] training big/little on digits: cloud cnn x1, edge {cfg.edge_arch} x{cfg.edge_width:g} "
-             f"(up to {cfg.epochs} epochs each, early stopping)")
+        _say(f"[1/4] training big/little on digits: cloud cnn x1, edge {cfg.edge_arch} x{cfg.edge_width:g} distilled "
+             f"from it ({_epochs(cfg)}, seed {cfg.seed})")
         return train(TrainConfig(data="digits", out=str(dest), name=BUNDLE_NAMES["big_little"], epochs=cfg.epochs,
                                  patience=cfg.patience, edge_arch=cfg.edge_arch, edge_width=cfg.edge_width,
                                  seed=cfg.seed, progress=cfg.progress))
@@ -111,8 +115,7 @@ def train_pair(cfg: DemoConfig, dest: Path) -> Bundle:
             man.models["edge_source"] = base.manifest.models["edge_source"]
         else:
             _say(f"[1/4] using {cfg.bundle}'s cloud model; training the little edge "
-                 f"{cfg.edge_arch} x{cfg.edge_width:g} "
-                 f"(up to {cfg.epochs} epochs)")
+                 f"{cfg.edge_arch} x{cfg.edge_width:g} ({_epochs(cfg)})")
             info, inp = base.manifest.data, base.manifest.input
             little = train(TrainConfig(
                 data="digits", out=str(Path(td) / "little"), arch=cfg.edge_arch, width=cfg.edge_width,

@@ -28,6 +28,7 @@ from edge_sdk.nativelog import native_stderr_silenced
 from edge_sdk.preprocess import QuantParams
 
 from . import data as data_mod
+from .agreement import agreement_report
 from .calibrate import Calibration, calibrate, plot_curves
 from .convert import Quantizer, check_classifier, convert_fp32, convert_int8
 from .errors import (  # noqa: F401  (re-exported: quantize.pipeline.QuantizeError is the public name)
@@ -284,6 +285,7 @@ def evaluate_parity(nets: Networks, converted: Converted, test: data_mod.Arrays,
         "agreement_tflite_fp32_vs_keras": agree(p_fp32, p_edge_keras),
         "mean_abs_prob_diff": float(diff.mean()), "max_abs_prob_diff": float(diff.max()),
         "int8": {k: summary[k] for k in ("macro_f1", "confusion_matrix")},
+        "agreement_int8_vs_fp32_by_class": agreement_report(p_int8, p_edge_keras, y, labels),
     }
     return Parity(accuracy, drop, in_q, out_q, summary, test_report)
 

@@ -123,10 +123,13 @@ def tensor_cases(shape: tuple[int, int, int]) -> dict[str, tuple[bytes, int]]:
         "json_null": (b"null", 400),
         "json_array": (b"[1, 2, 3]", 400),
         "inputs_wrong_type": (_infer_json("image"), 400),
-        "shape_wrong_type": (_infer_json([tensor("FP32", [], "1x8x8")]), 400),
+        "shape_wrong_type": (_infer_json([{"name": "image", "shape": "1x8x8", "datatype": "FP32", "data": []}]),
+                             400),
         "unknown_datatype": (_infer_json([tensor("FLOAT", [1], [1])]), 400),
         "data_not_a_list": (_infer_json([by("abc")]), 400),
-        "extra_field": (_infer_json([fp([0.0] * n)], surprise=1), 400),
+        "extra_tensor_field": (_infer_json([{**fp([0.0] * n), "surprise": 1}]), 400),  # tensors are strict
+        # the protocol's clients may add top-level fields (kserve sends model_name): ignored
+        "extra_top_level_field": (_infer_json([fp([0.0] * n)], model_name="x", surprise=1), 200),
         "two_inputs": (_infer_json([fp([0.0] * n), fp([0.0] * n)]), 400),
         "no_inputs": (_infer_json([]), 400),
         "id_too_long": (_infer_json([fp([0.0] * n)], id="x" * 300), 400),
