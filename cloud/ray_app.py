@@ -46,7 +46,7 @@ from edge_sdk.preprocess import cv2
 from .app import create_app, model_input
 from .batching import BatcherClosedError, Outputs, QueueFullError, run_batch, split_rows
 from .engine import load_cloud_model
-from .errors import ApiError, describe
+from .errors import ApiError, describe, error_response
 from .inputs import InferAsk, Job, ModelInput
 from .metrics import Metrics
 from .model import configure_threads, plan_instances, select_backend
@@ -322,6 +322,27 @@ class RayEngines:
         return RayEngine(name, self.handles[name], metrics, self.settings)
 
 
+class HeaderLimit:
+    """The plain service's cap on a request's line and headers (``max_header_bytes``; 431 over it) for the
+    ingress behind Ray's HTTP proxy, whose uvicorn server is Ray's own, so ``cloud.server.HeaderGuard`` cannot sit
+    in it. Counted as the guard counts them: the target, and each header's name and value plus 4 bytes.
+    The guard's other half, the deadline for slow headers, stays with Ray's proxy (its own timeouts)."""
+
+    def __init__(self, app: Any, max_header_bytes: int):
+        self.app, self.max_header_bytes = app, max_header_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+            size = target + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+            if size > self.max_header_bytes:
+                why = f"request headers are over {self.max_header_bytes} bytes"
+                log.warning("refused %s: %s", scope.get("client") or "a client", why)
+                await error_response(431, why, {"Connection": "close"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 @serve.deployment
 @serve.ingress()
 class Ingress:
@@ -332,7 +353,9 @@ class Ingress:
         self.bundles, self.settings, self.models = bundles, settings, models
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.bundles, self.settings, engines=RayEngines(self.models, self.settings))
+        app = create_app(self.bundles, self.settings, engines=RayEngines(self.models, self.settings))
+        app.front = HeaderLimit(app.front, self.settings.max_header_bytes)
+        return app
 
 
 # --- building the application ------------------------------------------------------------------------
