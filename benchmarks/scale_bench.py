@@ -371,9 +371,10 @@ def main(argv=None) -> int:
                          "replica_back_s": [k["replica_back_s"] for k in kills]},
         "scaling_model": scaling_model(one[top]["ray"]["cpu_ms_per_request"], net, cores, args.nic_gbps),
         "targets": {"ray_1_replica_ge_70pct_of_plain": one[top]["ray_over_plain"]["median"] >= 0.7,
-                    "no_lost_answers": all(k["lost_answers_at_sdk"] == 0 for k in kills),
+                    # None without --kills: nothing was measured
+                    "no_lost_answers": all(k["lost_answers_at_sdk"] == 0 for k in kills) if kills else None,
                     "replica_back_under_30s": all(k["replica_back_s"] is not None and k["replica_back_s"] < 30
-                                                  for k in kills)},
+                                                  for k in kills) if kills else None},
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     print(json.dumps(result, indent=2), file=result_out, flush=True)
