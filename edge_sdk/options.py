@@ -6,7 +6,9 @@
   breaker) and what to upload.
 * :class:`EdgeOptions`: how to run the edge model here (interpreter threads,
   backend) and which inputs to refuse.
-* :class:`HybridOptions`: all three, plus the classifier's own (threshold,
+* :class:`CollectOptions`: what the device keeps for ``hybrid-vision distill``
+  (opt-in collection, the offline queue); nothing is written unless set.
+* :class:`HybridOptions`: all four, plus the classifier's own (threshold,
   metric, top_k). A detector's options would be
   ``class DetectorOptions(RoutingOptions, CloudOptions, EdgeOptions)`` plus its own.
 
@@ -24,6 +26,8 @@ from typing import TypedDict
 from .breaker import CircuitBreaker
 from .capacity import Probe
 from .client import CloudClient
+from .collect import CollectConfig
+from .offline_queue import OfflineQueueConfig
 from .policy import Metric, Mode, check_metric, check_mode
 from .preprocess import DEFAULT_LIMITS, ImageLimits
 from .upload import Upload, check_upload
@@ -135,8 +139,29 @@ class EdgeOptions(_Options):
 
 
 @dataclass(frozen=True, kw_only=True)
-class HybridOptions(RoutingOptions, CloudOptions, EdgeOptions):
-    """Everything :class:`~edge_sdk.hybrid.HybridClassifier` takes: routing, cloud and edge options, plus:
+class CollectOptions(_Options):
+    """What the device keeps to learn from (edge_sdk.collect, edge_sdk.offline_queue); nothing unless set.
+
+    Attributes:
+        collect: keep the offloaded images with the cloud's answers, and an audit share of confident ones.
+        offline_queue: queue the hard images on disk while the cloud is unreachable; send them when it returns.
+    """
+
+    collect: CollectConfig | None = None
+    offline_queue: OfflineQueueConfig | None = None
+
+    def __post_init__(self) -> None:
+        for name, want in (("collect", CollectConfig), ("offline_queue", OfflineQueueConfig)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, want):
+                raise TypeError(f"{name} must be a {want.__name__}, not {type(value).__name__}")
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class HybridOptions(RoutingOptions, CloudOptions, EdgeOptions, CollectOptions):
+    """Everything :class:`~edge_sdk.hybrid.HybridClassifier` takes: routing, cloud, edge and collection options,
+    plus:
 
     Attributes:
         threshold: the routing threshold (None: the bundle's calibrated one, which an update may replace;
@@ -154,6 +179,8 @@ class HybridOptions(RoutingOptions, CloudOptions, EdgeOptions):
             check_metric(self.metric)
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, not {self.top_k}")
+        if self.offline_queue is not None and not self.cloud_url:
+            raise ValueError("offline_queue needs a cloud_url: there is nowhere to send the queue")
         super().__post_init__()
 
 
@@ -178,6 +205,8 @@ class HybridOverrides(TypedDict, total=False):
     threshold: float | None
     metric: Metric | None
     top_k: int
+    collect: CollectConfig | None
+    offline_queue: OfflineQueueConfig | None
 
 
 def option_names(options: type[_Options]) -> frozenset[str]:
