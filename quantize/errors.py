@@ -33,3 +33,16 @@ class AccuracyDropError(QuantizeError):
     def __init__(self, message: str, report: dict[str, Any] | None = None):
         super().__init__(message)
         self.report = report or {}
+
+
+class DistillError(QuantizeError):
+    """`distill` cannot run as asked (no collected samples, other labels, no training data); nothing was written."""
+
+
+class DistillRefusedError(DistillError):
+    """The distilled edge model is worse than the one it would replace; ``report`` has the comparison.
+    The bundle it started from is untouched and nothing was written to ``--out``."""
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.report = report or {}
