@@ -36,6 +36,7 @@ from edge_sdk.protocol import RepositoryModel, ServerMetadata
 
 from . import docs, image_endpoints
 from .batching import Batcher, BatcherClosedError, QueueFullError
+from .collect import CloudCollector
 from .errors import ApiError, describe, error_response
 from .image_endpoints import ImageEndpoints
 from .inputs import ModelInput
@@ -113,6 +114,8 @@ def create_app(bundles: BundlesArg, settings: Settings | None = None) -> FastAPI
         spec = ModelInput(m.manifest.input, m.manifest.preprocess, settings.image_limits, settings.max_request_images)
         served[name] = ServedModel(name, m, batcher, spec, EdgeArtifact.from_bundle(m.bundle))
     state = ServiceState(settings, served, metrics)
+    if settings.collect_dir is not None:
+        state.collector = CloudCollector(settings.collect_dir, settings.key_values(), max_mb=settings.collect_max_mb)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -129,6 +132,8 @@ def create_app(bundles: BundlesArg, settings: Settings | None = None) -> FastAPI
             for sm in served.values():
                 await sm.batcher.close()
             state.decode_pool.shutdown(wait=True)
+            if state.collector is not None:
+                state.collector.close()
             log.info("drained: all queued requests answered")
 
     app = ServiceApp(

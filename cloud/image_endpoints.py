@@ -138,6 +138,7 @@ class ImageEndpoints:
 
         probs = await sm.batcher.infer(prepare)
         assert parsed is not None  # set by prepare, which the batcher awaited before the model ran
+        self.state.collect(scope, sm, parsed.x, probs)
         doc, blobs = infer_document(sm, parsed, probs)
         if not blobs and probs.size > LARGE_JSON_VALUES:
             return await self.state.in_pool(encode_answer, doc, blobs)

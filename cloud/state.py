@@ -13,6 +13,7 @@ from edge_sdk.errors import BundleError
 from edge_sdk.protocol import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT
 
 from .batching import Batcher
+from .collect import CloudCollector
 from .errors import ApiError
 from .inputs import ModelInput
 from .metrics import Metrics
@@ -93,6 +94,7 @@ class ServiceState:
     draining: bool = False
     warmup_error: str | None = None
     warm_task: asyncio.Task | None = field(default=None, repr=False)
+    collector: CloudCollector | None = None  # serve --collect: what infer answered, per key
 
     @property
     def ready(self) -> bool:
@@ -121,6 +123,13 @@ class ServiceState:
 
     async def in_pool(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
+
+    def collect(self, scope: dict, sm: ServedModel, x, probs) -> None:
+        """Hand an answered infer request to the collector, if one is configured (no I/O here)."""
+        if self.collector is not None:
+            m = sm.model.manifest
+            client = scope.get("state", {}).get("client")
+            self.collector.offer(client, sm.name, m.labels, m.version, m.preprocess, x, probs)
 
     def begin_drain(self) -> None:
         self.draining = True
