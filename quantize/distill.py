@@ -170,7 +170,7 @@ def logits_of(model):
     if not isinstance(last, keras.layers.Softmax):
         raise DistillError(f"the edge network ends in {type(last).__name__}, not a Softmax layer; distill fine-tunes "
                            "the logits before it")
-    return keras.Model(model.inputs, last.input, name=f"{model.name}_logits")
+    return keras.Model(model.input, last.input, name=f"{model.name}_logits")
 
 
 def _recipe(bundle: Bundle) -> tuple[float, int, AugmentSpec]:
