@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The whole flywheel on loopback: device, service, collect, distill, over-the-air update, device again.
 
-    python examples/flywheel.py [--out flywheel-out] [--labelled 50] [--epochs 12] [--distill-epochs 6]
+    python examples/flywheel.py [--out flywheel-out] [--labelled 40] [--epochs 20] [--distill-epochs 10]
 
 On the built-in digits: a bundle is trained on ``--labelled`` images a class
 (a cloud CNN and a little edge CNN), quantized and served (``hybrid-vision
@@ -44,11 +44,11 @@ KEY_ENV = "HV_API_KEY"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="flywheel-out", help="work folder: bundles, collected samples, logs [flywheel-out]")
-    p.add_argument("--labelled", type=int, default=60, help="labelled digits a class to train on [60]")
+    p.add_argument("--labelled", type=int, default=40, help="labelled digits a class to train on [40]")
     p.add_argument("--test", type=int, default=40, help="digits a class held out as the test set [40]")
     p.add_argument("--epochs", type=int, default=20, help="training epochs [20]")
     p.add_argument("--edge-width", type=float, default=0.5, help="the edge CNN's width, the cloud's being 1 [0.5]")
-    p.add_argument("--distill-epochs", type=int, default=6, help="fine-tuning epochs [6]")
+    p.add_argument("--distill-epochs", type=int, default=10, help="fine-tuning epochs [10]")
     p.add_argument("--audit-rate", type=float, default=0.1, help="share of confident answers audited [0.1]")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -120,7 +120,8 @@ def device_round(rnd: int, serving: Path, device_bundle: Path, chunk: list, key:
     collect = CollectConfig(dir=out / "collected", audit_rate=args.audit_rate, seed=args.seed + rnd)
     with CloudService([serving], api_key=key, log_path=out / f"serve{rnd}.log", progress=False) as svc, \
             HybridClassifier.from_bundle(device_bundle, cloud_url=svc.url, api_key=key, collect=collect,
-                                         deadline_ms=10_000) as clf:
+                                         deadline_ms=10_000, probes=[]) as clf:  # no capacity probes: a busy
+        # development machine would send images to the cloud for want of CPU, not because they are hard
         if rnd > 1:
             u = clf.check_for_update()
             print(f"[4/5] over the air: updated={u.updated}, {u.bytes_downloaded} bytes; threshold {clf.threshold:.3f}")
