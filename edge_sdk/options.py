@@ -105,6 +105,9 @@ class CloudOptions(_Options):
         Args:
             default_model: the served model's name when ``cloud_model`` is not set (the bundle's name).
 
+        Returns:
+            A client (close it when done), or None.
+
         Raises:
             ValueError: a cloud_url that is not http(s).
         """
@@ -210,5 +213,12 @@ class HybridOverrides(TypedDict, total=False):
 
 
 def option_names(options: type[_Options]) -> frozenset[str]:
-    """The field names of an options class (what ``**overrides`` may name)."""
+    """The field names of an options class.
+
+    Args:
+        options: an options class (HybridOptions, RoutingOptions, ...).
+
+    Returns:
+        What ``**overrides`` may name.
+    """
     return frozenset(f.name for f in fields(options))

@@ -40,7 +40,17 @@ class Staged:
 
 
 def check_upload(upload: str) -> Upload:
-    """``upload`` if it is one of :data:`UPLOADS`; else a ValueError naming the choices."""
+    """``upload`` if it is one of :data:`UPLOADS`; else a ValueError naming the choices.
+
+    Args:
+        upload: the upload option as given.
+
+    Returns:
+        The same value, typed as :data:`Upload`.
+
+    Raises:
+        ValueError: ``upload`` is not one of :data:`UPLOADS`.
+    """
     if upload not in UPLOADS:
         raise ValueError(f"unknown upload {upload!r}; choose from {', '.join(UPLOADS)}")
     return upload  # type: ignore[return-value]
@@ -55,6 +65,19 @@ def build_request(items: Sequence[Staged], upload: str, channels: int = 3, jpeg_
     For a 1-channel model a tensor upload carries grey pixels (a third of the
     bytes): the server's preprocessing turns them back into exactly the grey
     values it would have computed from RGB.
+
+    Args:
+        items: the staged images of one request.
+        upload: jpeg, original or tensor.
+        channels: the model's input channels (1: a tensor upload carries grey pixels).
+        jpeg_quality: the JPEG quality of a jpeg upload.
+
+    Returns:
+        The request, not yet encoded as JSON or binary.
+
+    Raises:
+        ValueError: an unknown ``upload``.
+        InvalidImageError: an original upload whose file can no longer be read.
     """
     if upload == "tensor":
         if channels == 1:
@@ -69,7 +92,17 @@ def build_request(items: Sequence[Staged], upload: str, channels: int = 3, jpeg_
 
 
 def original_bytes(s: Staged) -> bytes:
-    """The caller's own encoded bytes when there are any; else a lossless PNG of the decoded pixels."""
+    """The caller's own encoded bytes when there are any; else a lossless PNG of the decoded pixels.
+
+    Args:
+        s: the staged image.
+
+    Returns:
+        The encoded file to upload.
+
+    Raises:
+        InvalidImageError: the image came from a file that can no longer be read.
+    """
     src = s.source
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src)

@@ -35,6 +35,10 @@ class AccuracyDropError(QuantizeError):
         self.report = report or {}
 
 
+class EvaluateError(HybridVisionError):
+    """The evaluation cannot run: no int8 model, labels that do not match, or a cloud that fails."""
+
+
 class DistillError(QuantizeError):
     """`distill` cannot run as asked (no collected samples, other labels, no training data); nothing was written."""
 
