@@ -65,8 +65,8 @@ def overhead(bundle: Path, calls: int, work: Path, rounds: int = 7) -> dict:
     from edge_sdk.breaker import CircuitBreaker
     from edge_sdk.bundle import load_bundle
     from edge_sdk.capacity import default_probes
-    from edge_sdk.collect import CollectConfig
     from edge_sdk.hybrid import HybridClassifier
+    from edge_sdk.options import CollectConfig
     from edge_sdk.preprocess import load_image, normalize, quantize, resize
     from quantize.data import split_from_info
 

@@ -199,7 +199,7 @@ def distill_round(bundle: Path, collected: Path, out: Path, args) -> dict:
 def run_rounds(b0: Path, stream: list, work: Path, test: TestSplit, args) -> dict:
     from edge_sdk import HybridClassifier
     from edge_sdk.bundle import load_bundle
-    from edge_sdk.collect import CollectConfig
+    from edge_sdk.options import CollectConfig
     from quantize.service_process import CloudService
 
     labels = load_bundle(b0).labels

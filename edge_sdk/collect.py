@@ -31,12 +31,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from os import PathLike
 from typing import Any, Protocol
 
 import numpy as np
 
 from .errors import CloudError
+from .options import CollectConfig
 from .reasons import Reason
 from .samples import SampleMeta, SampleStore, probs_list
 from .stats import CollectionStats
@@ -51,39 +51,6 @@ UNREACHABLE = frozenset({"connection", "timeout", "overloaded", "rate_limited", 
 AskImages = Callable[[Sequence[np.ndarray], float], tuple[list[np.ndarray], int]]
 """Ask the cloud about model-size RGB images within ``deadline_ms``: (probabilities per image, bytes sent).
 Raises CloudError."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class CollectConfig:
-    """Collect the hard images (and an audit share of the easy ones) for ``hybrid-vision distill``.
-
-    Attributes:
-        dir: the folder to store samples in (made if missing; one folder per model's labels).
-        max_mb: the folder's size bound; past it the oldest samples are deleted.
-        audit_rate: the share of confident edge answers also sent to the cloud, off the hot path (0: none).
-        queue_size: samples waiting for the background worker; past it new ones are dropped (and counted).
-        audit_deadline_ms: the time limit of one audit's cloud call.
-        fsync: make each sample durable before it counts as stored (leave it on).
-        seed: seeds the audit draw (None: random).
-    """
-
-    dir: str | PathLike[str]
-    max_mb: float = 200.0
-    audit_rate: float = 0.02
-    queue_size: int = 256
-    audit_deadline_ms: float = 10_000.0
-    fsync: bool = True
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.max_mb > 0:
-            raise ValueError(f"max_mb must be > 0, not {self.max_mb}")
-        if not 0.0 <= self.audit_rate <= 1.0:
-            raise ValueError(f"audit_rate must be within [0, 1], not {self.audit_rate}")
-        if self.queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, not {self.queue_size}")
-        if not self.audit_deadline_ms > 0:
-            raise ValueError(f"audit_deadline_ms must be > 0, not {self.audit_deadline_ms}")
 
 
 class Answer(Protocol):
@@ -108,7 +75,16 @@ class AuditEstimate:
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The Wilson score interval for a binomial proportion k/n (Wilson 1927), 95% by default."""
+    """The Wilson score interval for a binomial proportion k/n (Wilson 1927), 95% by default.
+
+    Args:
+        k: successes.
+        n: trials.
+        z: the normal quantile (1.96: 95%).
+
+    Returns:
+        (low, high), within [0, 1]; (0, 1) when there are no trials.
+    """
     if n == 0:
         return 0.0, 1.0
     p = k / n
@@ -118,7 +94,14 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 
 def audit_estimate(metas: Sequence[SampleMeta]) -> AuditEstimate:
-    """The share of audited confident answers on which the edge and the cloud agree, with its 95% interval."""
+    """The share of audited confident answers on which the edge and the cloud agree, with its 95% interval.
+
+    Args:
+        metas: the metadata of collected samples (only the answered audits count).
+
+    Returns:
+        The estimate (accuracy and interval None when there is no audit).
+    """
     audits = [m for m in metas if m.kind == "audit" and m.label is not None]
     agree = sum(m.edge_label == m.label for m in audits)
     if not audits:
@@ -135,15 +118,36 @@ class Counters:
         self.n: dict[str, int] = {}
 
     def add(self, key: str, k: int = 1) -> None:
+        """Count.
+
+        Args:
+            key: the count's name.
+            k: how many.
+        """
         with self.lock:
             self.n[key] = self.n.get(key, 0) + k
 
     def get(self, key: str) -> int:
+        """One count.
+
+        Args:
+            key: the count's name.
+
+        Returns:
+            The count (0 if never counted).
+        """
         with self.lock:
             return self.n.get(key, 0)
 
     def with_prefix(self, prefix: str) -> dict[str, int]:
-        """The counts whose names start with ``prefix``, the prefix removed."""
+        """The counts whose names start with ``prefix``.
+
+        Args:
+            prefix: the names' start.
+
+        Returns:
+            Those counts by name, the prefix removed.
+        """
         with self.lock:
             return {k[len(prefix):]: v for k, v in sorted(self.n.items()) if k.startswith(prefix)}
 
@@ -154,6 +158,13 @@ class Collector:
     def __init__(self, config: CollectConfig, *, labels: Sequence[str], name: str, ask: AskImages | None,
                  model_id: Callable[[], str | None]) -> None:
         """Open the store and start the background worker.
+
+        Args:
+            config: where, how much, and the audit share.
+            labels: the model's labels.
+            name: the bundle's name (recorded in the folder's index).
+            ask: asks the cloud about images (None: no cloud, so no audits).
+            model_id: the current edge model's sha256 (stored with each sample; it changes with an update).
 
         Raises:
             SampleStoreError: the folder holds samples for other labels, or cannot be made.
@@ -175,14 +186,24 @@ class Collector:
     # --- the hot path: the caller's thread ------------------------------------------------------------------
 
     def observe(self, staged: Staged, answer: Answer) -> None:
-        """A routing-path observer: keep the offloaded, draw the audits; a few hundred nanoseconds otherwise."""
+        """A routing-path observer: keep the offloaded, draw the audits; a few hundred nanoseconds otherwise.
+
+        Args:
+            staged: the call's input (its model-size RGB image is what is kept).
+            answer: the answer given.
+        """
         if answer.source == "cloud":
             self._offer(("offload", staged.resized, answer, time.time()))
         elif answer.reason == Reason.CONFIDENT and self._audit_rate and self._random() < self._audit_rate:
             self._offer(("audit", staged.resized, answer, time.time()))
 
     def offer_late(self, image: np.ndarray, meta: SampleMeta) -> None:
-        """Store a late answer (from the offline queue's thread)."""
+        """Store a late answer (from the offline queue's thread).
+
+        Args:
+            image: the model-size RGB image.
+            meta: the cloud's late answer and the edge's at the time.
+        """
         self._offer(("late", image, meta))
 
     def _offer(self, item: tuple[Any, ...]) -> None:
@@ -256,7 +277,14 @@ class Collector:
     # --- control --------------------------------------------------------------------------------------------
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every sample handed over so far is stored (or dropped); False on timeout."""
+        """Wait until every sample handed over so far is stored (or dropped).
+
+        Args:
+            timeout: the most seconds to wait.
+
+        Returns:
+            False on timeout.
+        """
         end = time.monotonic() + timeout
         with self._queue.all_tasks_done:
             while self._queue.unfinished_tasks:
@@ -267,7 +295,11 @@ class Collector:
         return True
 
     def close(self, timeout: float = 10.0) -> None:
-        """Store what is waiting (up to ``timeout``), stop the worker, write the index."""
+        """Store what is waiting, stop the worker, write the index.
+
+        Args:
+            timeout: the most seconds to wait for the worker.
+        """
         if self._closed:
             return
         self.flush(timeout)
@@ -280,6 +312,11 @@ class Collector:
         self.store.close()
 
     def stats(self) -> CollectionStats:
+        """What the collection holds and what happened to the samples handed over.
+
+        Returns:
+            A snapshot of the counts.
+        """
         c = self.counts
         return CollectionStats(
             dir=str(self.store.path), samples=len(self.store), bytes_on_disk=self.store.bytes,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .collect import AskImages, CollectConfig, Collector
-from .offline_queue import OfflineQueue, OfflineQueueConfig
+from .collect import AskImages, Collector
+from .offline_queue import OfflineQueue
+from .options import CollectConfig, OfflineQueueConfig
 from .routing import Observer
 from .stats import CollectionStats, OfflineQueueStats
 
@@ -22,9 +23,19 @@ class Flywheel:
     def __init__(self, collect: CollectConfig | None, offline_queue: OfflineQueueConfig | None, *,
                  labels: Sequence[str], name: str, ask: AskImages | None,
                  model_id: Callable[[], str | None]) -> None:
-        """Raises:
-        SampleStoreError: a folder holds samples for other labels, or cannot be made.
-        ValueError: an offline queue without a cloud to send it to.
+        """Start what is configured.
+
+        Args:
+            collect: collection (None: none).
+            offline_queue: the offline queue (None: none).
+            labels: the model's labels.
+            name: the bundle's name.
+            ask: asks the cloud about images (None: no cloud).
+            model_id: the current edge model's sha256.
+
+        Raises:
+            SampleStoreError: a folder holds samples for other labels, or cannot be made.
+            ValueError: an offline queue without a cloud to send it to.
         """
         if offline_queue is not None and ask is None:
             raise ValueError("offline_queue needs a cloud_url to send the queue to")
@@ -45,15 +56,31 @@ class Flywheel:
         return out
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every sample handed to the collection so far is stored; False on timeout."""
+        """Wait until every sample handed to the collection so far is stored.
+
+        Args:
+            timeout: the most seconds to wait.
+
+        Returns:
+            False on timeout.
+        """
         return self.collector.flush(timeout) if self.collector is not None else True
 
     def stats(self) -> tuple[CollectionStats | None, OfflineQueueStats | None]:
+        """The collection's and the offline queue's counts.
+
+        Returns:
+            (collection, offline queue), each None when not configured.
+        """
         return (self.collector.stats() if self.collector is not None else None,
                 self.queue.stats() if self.queue is not None else None)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the queue's thread (what waits stays on disk), then store what the collection holds."""
+        """Stop the queue's thread (what waits stays on disk), then store what the collection holds.
+
+        Args:
+            timeout: the most seconds to wait for each thread.
+        """
         if self.queue is not None:
             self.queue.close(timeout)
         if self.collector is not None:

@@ -24,69 +24,30 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from os import PathLike
 
 import numpy as np
 
 from .collect import DISK_FULL, UNREACHABLE, Answer, AskImages, Counters
 from .errors import CloudError
+from .options import OfflineQueueConfig
 from .reasons import Reason
-from .samples import Sample, SampleMeta, SampleStore, probs_list
+from .samples import LateAnswer, Sample, SampleMeta, SampleStore, probs_list
 from .stats import OfflineQueueStats
 from .upload import Staged
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LateAnswer:
-    """The cloud's answer for an image answered by the edge while the cloud was unreachable."""
-
-    seq: int  # its place in the queue (answers come in this order)
-    label: str
-    confidence: float
-    probabilities: np.ndarray = field(repr=False)
-    edge_label: str | None  # the answer given at the time
-    reason: str | None  # and why it was the edge's
-    queued_at: float  # Unix seconds
-    answered_at: float
-    image: np.ndarray = field(repr=False)  # the model-size RGB image that was sent
-
-
-@dataclass(frozen=True, kw_only=True)
-class OfflineQueueConfig:
-    """Keep the hard images the cloud could not be reached for, and send them when it returns.
-
-    Attributes:
-        dir: the folder to queue in (made if missing).
-        max_items: the most images queued; past it the oldest is dropped.
-        max_mb: the queue's size bound on disk; past it the oldest is dropped.
-        retry_s: how often to try the cloud while images wait.
-        batch: images per request when the queue is sent.
-        deadline_ms: the time limit of one such request.
-        on_answer: called with each :class:`LateAnswer`, in order, in the queue's thread (its errors are logged).
-        fsync: make each queued image durable before it counts as queued (leave it on).
-    """
-
-    dir: str | PathLike[str]
-    max_items: int = 1000
-    max_mb: float = 50.0
-    retry_s: float = 5.0
-    batch: int = 8
-    deadline_ms: float = 10_000.0
-    on_answer: Callable[[LateAnswer], None] | None = None
-    fsync: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_items < 1 or not self.max_mb > 0:
-            raise ValueError(f"max_items must be >= 1 and max_mb > 0, not {self.max_items} and {self.max_mb}")
-        if not self.retry_s > 0 or self.batch < 1 or not self.deadline_ms > 0:
-            raise ValueError("retry_s and deadline_ms must be > 0, batch >= 1")
-
-
 def waits_for_cloud(answer: Answer) -> bool:
-    """An edge answer given because the cloud was unreachable (not because it was confident, or the input bad)."""
+    """Whether an answer is one the queue keeps.
+
+    Args:
+        answer: the answer given.
+
+    Returns:
+        True for an edge answer given because the cloud was unreachable (not because the edge was confident,
+        the input bad or the cloud refused it).
+    """
     if answer.source != "edge":
         return False
     reason = answer.reason
@@ -104,6 +65,13 @@ class OfflineQueue:
     def __init__(self, config: OfflineQueueConfig, *, labels: Sequence[str], name: str, ask: AskImages,
                  late: Callable[[np.ndarray, SampleMeta], None] | None) -> None:
         """Open the queue folder (what a previous run left is sent first) and start its thread.
+
+        Args:
+            config: where, how much, how often to retry.
+            labels: the model's labels.
+            name: the bundle's name.
+            ask: asks the cloud about images.
+            late: where late answers are stored (the collection's ``offer_late``; None: nowhere).
 
         Raises:
             SampleStoreError: the folder holds samples for other labels, or cannot be made.
@@ -123,7 +91,12 @@ class OfflineQueue:
     # --- the hot path ---------------------------------------------------------------------------------------
 
     def observe(self, staged: Staged, answer: Answer) -> None:
-        """A routing-path observer: queue the image if the cloud was unreachable; wake the sender if it answered."""
+        """A routing-path observer: queue the image if the cloud was unreachable; wake the sender if it answered.
+
+        Args:
+            staged: the call's input (its model-size RGB image is what is queued).
+            answer: the answer given.
+        """
         if answer.source == "cloud":
             if len(self.store):
                 self._wake.set()
@@ -220,7 +193,11 @@ class OfflineQueue:
         self._wake.set()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the thread (what is queued stays on disk for the next run)."""
+        """Stop the thread (what is queued stays on disk for the next run).
+
+        Args:
+            timeout: the most seconds to wait for it.
+        """
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
@@ -229,6 +206,11 @@ class OfflineQueue:
         self.store.close()
 
     def stats(self) -> OfflineQueueStats:
+        """What waits and what happened to what was queued.
+
+        Returns:
+            A snapshot of the counts.
+        """
         c = self.counts.get
         return OfflineQueueStats(
             dir=str(self.store.path), pending=len(self.store), queued=c("queued"), sent=c("sent"),

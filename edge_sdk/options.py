@@ -19,17 +19,17 @@ names the same fields for ``HybridClassifier.from_bundle(path, **overrides)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from os import PathLike
 from typing import TypedDict
 
 from .breaker import CircuitBreaker
 from .capacity import Probe
 from .client import CloudClient
-from .collect import CollectConfig
-from .offline_queue import OfflineQueueConfig
 from .policy import Metric, Mode, check_metric, check_mode
 from .preprocess import DEFAULT_LIMITS, ImageLimits
+from .samples import LateAnswer
 from .upload import Upload, check_upload
 
 
@@ -138,6 +138,72 @@ class EdgeOptions(_Options):
             raise ValueError(f"num_threads must be >= 1, not {self.num_threads}")
         if self.backend is not None and not isinstance(self.backend, str):
             object.__setattr__(self, "backend", tuple(self.backend))
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollectConfig(_Options):
+    """Collect the hard images (and an audit share of the easy ones) for ``hybrid-vision distill``.
+
+    Attributes:
+        dir: the folder to store samples in (made if missing; one folder per model's labels).
+        max_mb: the folder's size bound; past it the oldest samples are deleted.
+        audit_rate: the share of confident edge answers also sent to the cloud, off the hot path (0: none).
+        queue_size: samples waiting for the background worker; past it new ones are dropped (and counted).
+        audit_deadline_ms: the time limit of one audit's cloud call.
+        fsync: make each sample durable before it counts as stored (leave it on).
+        seed: seeds the audit draw (None: random).
+    """
+
+    dir: str | PathLike[str]
+    max_mb: float = 200.0
+    audit_rate: float = 0.02
+    queue_size: int = 256
+    audit_deadline_ms: float = 10_000.0
+    fsync: bool = True
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.max_mb > 0:
+            raise ValueError(f"max_mb must be > 0, not {self.max_mb}")
+        if not 0.0 <= self.audit_rate <= 1.0:
+            raise ValueError(f"audit_rate must be within [0, 1], not {self.audit_rate}")
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, not {self.queue_size}")
+        if not self.audit_deadline_ms > 0:
+            raise ValueError(f"audit_deadline_ms must be > 0, not {self.audit_deadline_ms}")
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfflineQueueConfig(_Options):
+    """Keep the hard images the cloud could not be reached for, and send them when it returns.
+
+    Attributes:
+        dir: the folder to queue in (made if missing).
+        max_items: the most images queued; past it the oldest is dropped.
+        max_mb: the queue's size bound on disk; past it the oldest is dropped.
+        retry_s: how often to try the cloud while images wait.
+        batch: images per request when the queue is sent.
+        deadline_ms: the time limit of one such request.
+        on_answer: called with each :class:`LateAnswer`, in order, in the queue's thread (its errors are logged).
+        fsync: make each queued image durable before it counts as queued (leave it on).
+    """
+
+    dir: str | PathLike[str]
+    max_items: int = 1000
+    max_mb: float = 50.0
+    retry_s: float = 5.0
+    batch: int = 8
+    deadline_ms: float = 10_000.0
+    on_answer: Callable[[LateAnswer], None] | None = None
+    fsync: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_items < 1 or not self.max_mb > 0:
+            raise ValueError(f"max_items must be >= 1 and max_mb > 0, not {self.max_items} and {self.max_mb}")
+        if not self.retry_s > 0 or self.batch < 1 or not self.deadline_ms > 0:
+            raise ValueError("retry_s and deadline_ms must be > 0, batch >= 1")
         super().__post_init__()
 
 

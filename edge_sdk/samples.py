@@ -90,11 +90,26 @@ class SampleMeta:
     model: str | None = None
 
     def to_json(self) -> str:
+        """The metadata as compact JSON (what the PNG's tEXt chunk holds).
+
+        Returns:
+            One line of ASCII JSON.
+        """
         return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> SampleMeta:
-        """Raises ValueError on anything that is not this metadata."""
+        """The metadata from its JSON (unknown keys are ignored, so a newer writer's samples still read).
+
+        Args:
+            text: what :meth:`to_json` wrote.
+
+        Returns:
+            The metadata.
+
+        Raises:
+            ValueError: anything that is not this metadata.
+        """
         doc = json.loads(text)
         if not isinstance(doc, dict) or doc.get("kind") not in KINDS:
             raise ValueError("not sample metadata")
@@ -112,15 +127,44 @@ class Sample:
     png: bytes = field(repr=False)
 
     def image(self) -> np.ndarray:
-        """The image as RGB uint8 (decoded from the PNG)."""
+        """The image as RGB uint8 (decoded from the PNG).
+
+        Returns:
+            An HxWx3 array.
+
+        Raises:
+            ValueError: the PNG cannot be decoded.
+        """
         bgr = cv2.imdecode(np.frombuffer(self.png, np.uint8), cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f"{self.path}: not a decodable PNG")
         return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
+@dataclass(frozen=True)
+class LateAnswer:
+    """The cloud's answer for an image answered by the edge while the cloud was unreachable."""
+
+    seq: int  # its place in the queue (answers come in this order)
+    label: str
+    confidence: float
+    probabilities: np.ndarray = field(repr=False)
+    edge_label: str | None  # the answer given at the time
+    reason: str | None  # and why it was the edge's
+    queued_at: float  # Unix seconds
+    answered_at: float
+    image: np.ndarray = field(repr=False)  # the model-size RGB image that was sent
+
+
 def probs_list(p: np.ndarray | None) -> list[float] | None:
-    """Probabilities as a JSON-ready list, 6 significant digits (what is stored)."""
+    """Probabilities as a JSON-ready list, 6 significant digits (what is stored).
+
+    Args:
+        p: probabilities (any shape; flattened), or None.
+
+    Returns:
+        A list of floats, or None for None.
+    """
     return None if p is None else [float(f"{v:.6g}") for v in np.asarray(p, np.float64).ravel()]
 
 
@@ -128,7 +172,18 @@ def probs_list(p: np.ndarray | None) -> list[float] | None:
 
 
 def encode_sample(image: np.ndarray, meta: SampleMeta) -> bytes:
-    """RGB (HxWx3) or grey (HxW, HxWx1) uint8 -> PNG bytes carrying ``meta`` in a tEXt chunk before IEND."""
+    """A sample's file: the image as a lossless PNG carrying ``meta`` in a tEXt chunk before IEND.
+
+    Args:
+        image: RGB (HxWx3) or grey (HxW, HxWx1) uint8.
+        meta: what is stored with it.
+
+    Returns:
+        The PNG bytes.
+
+    Raises:
+        ValueError: the image cannot be encoded.
+    """
     img = image if image.ndim == 2 or image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", img)
     if not ok:
@@ -140,7 +195,17 @@ def encode_sample(image: np.ndarray, meta: SampleMeta) -> bytes:
 
 
 def decode_meta(png: bytes) -> SampleMeta:
-    """The metadata inside a sample PNG. Raises ValueError when there is none, or a chunk is cut or corrupt."""
+    """The metadata inside a sample PNG (the chunks are walked and their CRCs checked; the image is not decoded).
+
+    Args:
+        png: a sample file's bytes.
+
+    Returns:
+        Its metadata.
+
+    Raises:
+        ValueError: not a PNG, no metadata, or a chunk that is cut or corrupt.
+    """
     if not png.startswith(PNG_SIGNATURE):
         raise ValueError("not a PNG")
     pos = len(PNG_SIGNATURE)
@@ -164,7 +229,14 @@ def decode_meta(png: bytes) -> SampleMeta:
 
 
 def sample_files(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """Every complete sample file in ``folder``, oldest first (temp files are never listed)."""
+    """Every complete sample file in ``folder``, oldest first (temp files are never listed).
+
+    Args:
+        folder: a sample folder (a missing one has none).
+
+    Returns:
+        (sequence number, path) pairs.
+    """
     root = Path(folder)
     out = []
     for p in root.iterdir() if root.is_dir() else ():
@@ -176,6 +248,13 @@ def sample_files(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
 
 def read_samples(folder: str | os.PathLike[str], kinds: Sequence[str] | None = None) -> Iterator[Sample]:
     """The samples of a folder, oldest first; unreadable files are logged and skipped. Changes nothing.
+
+    Args:
+        folder: a sample folder (a device's collection, the offline queue, or ``serve --collect``'s per-key one).
+        kinds: only these kinds (None: all).
+
+    Yields:
+        Each sample, its image still encoded.
 
     Raises:
         SampleStoreError: ``folder`` is not a folder.
@@ -194,7 +273,14 @@ def read_samples(folder: str | os.PathLike[str], kinds: Sequence[str] | None = N
 
 
 def read_index(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The folder's index.json, or None when it is missing or unreadable."""
+    """The folder's index.json (its format, bundle name, labels and samples).
+
+    Args:
+        folder: a sample folder.
+
+    Returns:
+        The index, or None when it is missing, unreadable or of another format.
+    """
     try:
         doc = json.loads((Path(folder) / INDEX).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -217,7 +303,13 @@ def _fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` through a temp file beside it (fsync, rename, fsync the folder).
 
-    On failure the temp file is removed and the error raised; ``path`` is untouched.
+    Args:
+        path: the final name.
+        data: the whole content.
+        fsync: make it durable before returning (off only where durability does not matter: tests, benchmarks).
+
+    Raises:
+        OSError: the write failed (a full disk): the temp file is removed and ``path`` is untouched.
     """
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -245,6 +337,14 @@ class SampleStore:
     def __init__(self, folder: str | os.PathLike[str], *, labels: Sequence[str], name: str = "",
                  max_bytes: int | None = None, max_items: int | None = None, fsync: bool = True) -> None:
         """Open (or create) ``folder``: remove leftover temp files and reconcile the index with the samples.
+
+        Args:
+            folder: the folder (made if missing).
+            labels: the model's labels; a folder holding samples for other labels is refused.
+            name: the bundle's name, recorded in the index.
+            max_bytes: the bound on the samples' total size (None: none).
+            max_items: the bound on their number (None: none).
+            fsync: make each sample durable before ``put`` returns.
 
         Raises:
             SampleStoreError: the folder holds samples for other labels, or cannot be made.
@@ -277,17 +377,36 @@ class SampleStore:
         return self._bytes
 
     def seqs(self) -> list[int]:
-        """The stored sequence numbers, oldest first."""
+        """The stored sequence numbers.
+
+        Returns:
+            Oldest first.
+        """
         with self._lock:
             return list(self._entries)
 
     def file(self, seq: int) -> Path:
+        """Where a sample lives.
+
+        Args:
+            seq: its sequence number.
+
+        Returns:
+            Its path (which may not exist).
+        """
         return self.path / f"{seq:012d}.png"
 
     # --- writing -------------------------------------------------------------------------------------------
 
     def put(self, image: np.ndarray, meta: SampleMeta) -> int:
-        """Store one sample durably, then evict the oldest past the bounds; its sequence number.
+        """Store one sample durably, then evict the oldest past the bounds.
+
+        Args:
+            image: the model-size image (RGB or grey uint8).
+            meta: what is stored with it.
+
+        Returns:
+            Its sequence number.
 
         Raises:
             OSError: the disk refused (full, read-only); nothing already stored is touched.
@@ -307,12 +426,27 @@ class SampleStore:
         return seq
 
     def remove(self, seq: int) -> None:
-        """Delete one sample (gone already: nothing to do)."""
+        """Delete one sample (gone already: nothing to do).
+
+        Args:
+            seq: its sequence number.
+        """
         with self._lock:
             self._delete(seq)
 
     def read(self, seq: int) -> Sample:
-        """One stored sample. Raises OSError or ValueError when its file is gone or unreadable."""
+        """One stored sample.
+
+        Args:
+            seq: its sequence number.
+
+        Returns:
+            The sample, its image still encoded.
+
+        Raises:
+            OSError: its file is gone or unreadable.
+            ValueError: its file holds no readable metadata.
+        """
         path = self.file(seq)
         png = path.read_bytes()
         return Sample(seq, path, decode_meta(png), png)

@@ -35,7 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # training and conversion ar
 import numpy as np  # noqa: E402
 
 from edge_sdk import HybridClassifier, load_bundle  # noqa: E402
-from edge_sdk.collect import CollectConfig, audit_estimate  # noqa: E402
+from edge_sdk.collect import audit_estimate  # noqa: E402
+from edge_sdk.options import CollectConfig  # noqa: E402
 from edge_sdk.samples import read_samples  # noqa: E402
 
 KEY_ENV = "HV_API_KEY"

@@ -16,7 +16,8 @@ from cloud_server import serve_in_thread
 from edge_helpers import cached_tiny_bundle, tiny_images
 
 from edge_sdk import HybridClassifier
-from edge_sdk.collect import CollectConfig, audit_estimate, wilson_interval
+from edge_sdk.collect import audit_estimate, wilson_interval
+from edge_sdk.options import CollectConfig
 from edge_sdk.preprocess import load_image, resize
 from edge_sdk.samples import SampleMeta, SampleStore, SampleStoreError, read_index, read_samples, sample_files
 

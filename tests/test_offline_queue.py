@@ -14,10 +14,9 @@ from edge_helpers import cached_tiny_bundle, tiny_images
 from faultproxy import FaultProxy
 
 from edge_sdk import CircuitBreaker, HybridClassifier
-from edge_sdk.collect import CollectConfig
-from edge_sdk.offline_queue import LateAnswer, OfflineQueueConfig
+from edge_sdk.options import CollectConfig, OfflineQueueConfig
 from edge_sdk.preprocess import load_image, resize
-from edge_sdk.samples import read_samples
+from edge_sdk.samples import LateAnswer, read_samples
 
 
 @pytest.fixture(scope="module")
