@@ -199,7 +199,7 @@ def test_flywheel_runs_the_whole_cycle_on_loopback(tmp_path):
                     "--audit-rate", 0.2, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "[3/5] distill" in r.stdout and "[4/5] over the air" in r.stdout
-    rows = [ln.split() for ln in r.stdout.splitlines() if ln[:1].isdigit()]
+    rows = [row for row in map(str.split, r.stdout.splitlines()) if row and row[0].isdigit()]  # the table
     assert [row[0] for row in rows] == ["1", "2"]
     distilled = (out / "b2").is_dir()
     assert rows[1][1] == ("v2" if distilled else "v1")  # the device runs the new model after an accepted distill
