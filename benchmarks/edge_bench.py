@@ -6,7 +6,9 @@ Prints one JSON object. Targets (issues 4 and 18):
   bare interpreter's set_tensor + invoke + get_tensor on the same input, in
   the same run (issue 4 asked <= 100 us);
 * against a local server on the digits test split, hybrid accuracy >= cloud-only
-  accuracy - 0.5 points while offloading <= 20% of images.
+  accuracy - 0.5 points while offloading <= 20% of images;
+* opt-in collection (``CollectConfig``, issue 17) adds <= 20 us to a confident
+  ``predict`` (the observer that draws the audit share and hands it off).
 
     python benchmarks/edge_bench.py [--bundle QUANTIZED_BUNDLE] [--calls 3000] [--skip-server]
 
@@ -58,11 +60,13 @@ def _per_call_us(fn, calls: int) -> tuple[float, float]:
     return (time.thread_time() - c) / calls * 1e6, (time.perf_counter() - w) / calls * 1e6
 
 
-def overhead(bundle: Path, calls: int, rounds: int = 7) -> dict:
+def overhead(bundle: Path, calls: int, work: Path, rounds: int = 7) -> dict:
     """Per-call cost of each SDK layer against the bare interpreter, interleaved rounds, median of rounds."""
+    from edge_sdk.breaker import CircuitBreaker
     from edge_sdk.bundle import load_bundle
     from edge_sdk.capacity import default_probes
     from edge_sdk.hybrid import HybridClassifier
+    from edge_sdk.options import CollectConfig
     from edge_sdk.preprocess import load_image, normalize, quantize, resize
     from quantize.data import split_from_info
 
@@ -77,8 +81,16 @@ def overhead(bundle: Path, calls: int, rounds: int = 7) -> dict:
     probes = default_probes(max_load_per_core=1e9)
     edge = HybridClassifier.from_bundle(b, mode="edge_only", num_threads=1, probes=probes)
     # auto mode with a cloud configured but a confident image: routing, probes, breaker peek, no network
-    auto = HybridClassifier.from_bundle(b, cloud_url="http://127.0.0.1:9", threshold=0.0, num_threads=1,
-                                        probes=probes)
+    # (a breaker that never opens: the collecting classifiers' audits fail against this URL, and an open breaker
+    # would change the routing path being compared)
+    mk = lambda **kw: HybridClassifier.from_bundle(  # noqa: E731
+        b, cloud_url="http://127.0.0.1:9", threshold=0.0, num_threads=1,
+        breaker=CircuitBreaker(failure_threshold=10**9), probes=probes, **kw)
+    auto = mk()
+    # the same, collecting: the observer runs on every answer; audit_rate 0.02 (the default) hands 2% of the
+    # confident answers to the background worker, 0.0 only looks at the answer
+    collect = mk(collect=CollectConfig(dir=work / "collect", audit_rate=0.02, seed=0))
+    collect_no_audit = mk(collect=CollectConfig(dir=work / "collect0", audit_rate=0.0))
     model = edge.model
     interp = model.bare_interpreter()
     i_in, i_out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
@@ -95,6 +107,8 @@ def overhead(bundle: Path, calls: int, rounds: int = 7) -> dict:
         "local_model_predict_quantized": lambda: model.predict_quantized(x0),
         "hybrid_edge_only_array": lambda: edge.predict(bgr),
         "hybrid_auto_confident_array": lambda: auto.predict(bgr),
+        "hybrid_auto_confident_array_collect": lambda: collect.predict(bgr),
+        "hybrid_auto_confident_array_collect_no_audit": lambda: collect_no_audit.predict(bgr),
         "hybrid_edge_only_png_bytes": lambda: edge.predict(png),
     }
     assert auto.predict(bgr).reason == "confident"
@@ -112,7 +126,13 @@ def overhead(bundle: Path, calls: int, rounds: int = 7) -> dict:
     med_wall = {k: float(np.median(v)) for k, v in wall.items()}
     bc, bw = med_cpu["bare_interpreter"], med_wall["bare_interpreter"]
     sdk = ("hybrid_edge_only_array", "hybrid_auto_confident_array")
+    collect_cpu = {k.removeprefix("hybrid_auto_confident_array_"): round(med_cpu[k] - med_cpu[
+        "hybrid_auto_confident_array"], 2) for k in med_cpu if k.startswith("hybrid_auto_confident_array_collect")}
+    for c in (collect, collect_no_audit):
+        c.close()
     return {
+        "collect_adds_us_cpu": collect_cpu, "collect_target_us": 20,
+        "collect_meets_target": collect_cpu["collect"] <= 20,
         "model_input": [m.input.height, m.input.width, m.input.channels], "backend": model.backend,
         "num_threads": 1, "calls_per_round": calls, "rounds": rounds,
         "per_call_us_cpu_median": {k: round(v, 2) for k, v in med_cpu.items()},
@@ -192,7 +212,7 @@ def main() -> int:
         t0 = time.perf_counter()
         bundle = Path(args.bundle) if args.bundle else make_bundle(work)
         result = {"machine": machine(), "bundle": str(bundle), "bundle_build_s": round(time.perf_counter() - t0, 1)}
-        result["edge_overhead"] = overhead(bundle, args.calls)
+        result["edge_overhead"] = overhead(bundle, args.calls, work)
         if not args.skip_server:
             result["digits"] = against_server(bundle)
         print(json.dumps(result, indent=2))

@@ -36,6 +36,7 @@ from edge_sdk.protocol import RepositoryModel, ServerMetadata
 
 from . import docs, image_endpoints
 from .batching import BatcherClosedError, QueueFullError
+from .collect import CloudCollector
 from .engine import EngineFactory, LocalEngines
 from .errors import ApiError, describe, error_response
 from .image_endpoints import ImageEndpoints
@@ -115,6 +116,8 @@ def create_app(bundles: BundlesArg, settings: Settings | None = None, engines: E
         metrics.queue_depth.labels(name).set_function(lambda e=engine: e.depth)
         served[name] = ServedModel(name, bundle, engine, spec, EdgeArtifact.from_bundle(bundle))
     state = ServiceState(settings, served, metrics)
+    if settings.collect_dir is not None:
+        state.collector = CloudCollector(settings.collect_dir, settings.key_values(), max_mb=settings.collect_max_mb)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -131,6 +134,8 @@ def create_app(bundles: BundlesArg, settings: Settings | None = None, engines: E
             for sm in served.values():
                 await sm.engine.close()
             state.decode_pool.shutdown(wait=True)
+            if state.collector is not None:
+                state.collector.close()
             log.info("drained: all queued requests answered")
 
     app = ServiceApp(

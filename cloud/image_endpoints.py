@@ -130,8 +130,10 @@ class ImageEndpoints:
         _check_infer_type(scope)
         header_length = _header(scope, _HEADER_LENGTH)
         data = await read_body(receive, self.limit)
-        probs, ask = await sm.engine.run(Job(data, infer=True, header_length=header_length))
+        job = Job(data, infer=True, header_length=header_length)
+        probs, ask = await sm.engine.run(job)
         assert ask is not None  # an infer job always says what it asked for
+        self.state.collect(scope, sm, job, probs)
         doc, blobs = infer_document(sm, ask, probs)
         if not blobs and probs.size > LARGE_JSON_VALUES:
             return await self.state.in_pool(encode_answer, doc, blobs)

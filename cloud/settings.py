@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(30.0, gt=0)
     opentelemetry: bool = False  # FastAPI's native OpenTelemetry spans/metrics (needs a configured provider)
     bench_endpoints: bool = False  # adds POST /v1/noop: same HTTP path, no decode or model work
+    # learning from the hard images (cloud.collect): store what infer answered, per API key; None: off
+    collect_dir: Path | None = None
+    collect_max_mb: float = Field(1000.0, gt=0)  # per key and model, oldest first
 
     @field_validator("api_keys", mode="before")
     @classmethod

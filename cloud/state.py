@@ -8,13 +8,16 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from edge_sdk.bundle import Bundle
 from edge_sdk.errors import BundleError
 from edge_sdk.protocol import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT
 
+from .collect import CloudCollector
 from .engine import ModelEngine
 from .errors import ApiError
-from .inputs import ModelInput
+from .inputs import Job, ModelInput
 from .metrics import Metrics
 from .settings import Settings
 
@@ -98,6 +101,7 @@ class ServiceState:
     draining: bool = False
     warmup_error: str | None = None
     warm_task: asyncio.Task | None = field(default=None, repr=False)
+    collector: CloudCollector | None = None  # serve --collect: what infer answered, per key
 
     @property
     def ready(self) -> bool:
@@ -126,6 +130,18 @@ class ServiceState:
 
     async def in_pool(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
+
+    def collect(self, scope: dict, sm: ServedModel, job: Job, probs) -> None:
+        """Hand an answered infer request to the collector, if one is configured (no I/O here).
+
+        The collector's writer thread decodes the request's body again (``job.run``) rather than the engine
+        handing its tensor back: the engine may run elsewhere (a Ray replica), and collection is opt-in.
+        """
+        if self.collector is not None and isinstance(probs, np.ndarray):  # classifiers; a detector's outputs are not
+            m = sm.bundle.manifest
+            client = scope.get("state", {}).get("client")
+            self.collector.offer(client, sm.name, m.labels, m.version, m.preprocess,
+                                 lambda: job.run(sm.spec)[0], probs)
 
     def begin_drain(self) -> None:
         self.draining = True

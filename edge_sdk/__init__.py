@@ -16,12 +16,22 @@ from .errors import (
     UpdateError,
 )
 from .hybrid import HybridClassifier, Prediction
-from .options import CloudOptions, EdgeOptions, HybridOptions, HybridOverrides, RoutingOptions
+from .options import (
+    CloudOptions,
+    CollectConfig,
+    CollectOptions,
+    EdgeOptions,
+    HybridOptions,
+    HybridOverrides,
+    OfflineQueueConfig,
+    RoutingOptions,
+)
 from .ota import UpdateResult, VerifiedUpdate
 from .policy import Metric, Mode, Verdict
 from .preprocess import ImageLimits, InputSpec, PreprocessSpec, QuantParams, load_image, preprocess
 from .reasons import Reason
 from .routing import Observer, Outcome, Router
+from .samples import LateAnswer
 from .stats import LatencySummary, ModelState, Stats
 from .upload import Staged, Upload
 
@@ -30,6 +40,8 @@ __all__ = [
     "HybridClassifier", "Prediction", "Reason", "Stats", "LatencySummary", "ModelState",
     # options
     "HybridOptions", "HybridOverrides", "RoutingOptions", "CloudOptions", "EdgeOptions", "Mode", "Metric", "Upload",
+    # learning from the hard images (opt-in collection, the offline queue)
+    "CollectOptions", "CollectConfig", "OfflineQueueConfig", "LateAnswer",
     # capacity, breaker, updates
     "Probe", "ProbeResult", "default_probes", "MemoryProbe", "CpuLoadProbe", "InflightProbe",
     "CircuitBreaker", "BreakerSnapshot", "UpdateResult", "VerifiedUpdate",

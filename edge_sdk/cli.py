@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("quantize.commands.import_model", "quantize"),
     "quantize": ("quantize.commands.quantize", "quantize"),
     "evaluate": ("quantize.commands.evaluate", "quantize"),
+    "distill": ("quantize.commands.distill", "quantize"),
     "demo": ("quantize.commands.demo", "all"),
     "serve": ("cloud.commands.serve", "cloud"),
     "predict": ("edge_sdk.commands.predict", "edge"),

@@ -25,8 +25,9 @@ import numpy as np
 
 from .bundle import Bundle, Routing, load_bundle
 from .capacity import Probe, default_probes
-from .client import CloudClient
+from .client import CloudClient, deadline_after
 from .errors import BundleError, ModelLoadError, UpdateError
+from .flywheel import Flywheel
 from .options import HybridOptions, option_names
 from .ota import DEFAULT_MAX_BYTES, UpdateResult, VerifiedUpdate, fetch_update, persist_update
 from .policy import ConfidenceScorer, Metric, Mode
@@ -153,6 +154,7 @@ class HybridClassifier:
             probes=default_probes() if opts.probes is None else opts.probes,
             cloud=cloud, ask_cloud=self._ask_cloud, build=self._prediction,
         )
+        self.flywheel = self._start_flywheel(opts, bundle.manifest.name)
 
     @classmethod
     def from_bundle(
@@ -301,6 +303,7 @@ class HybridClassifier:
             mode=self.mode, metric=self.metric, threshold=self.threshold, upload=self.upload,
             breaker=self.cloud.breaker.snapshot() if self.cloud else None,
             model=ModelState(m is not None, m.backend if m else None, m.sha256 if m else None, self.model_error),
+            **self._flywheel_stats(),
         )
 
     # --- updates ----------------------------------------------------------------------------------
@@ -390,7 +393,9 @@ class HybridClassifier:
         return old
 
     def close(self) -> None:
-        """Release the cloud client's connections and workers."""
+        """Store what the collection holds, stop the offline queue, release the cloud client's connections."""
+        if self.flywheel is not None:
+            self.flywheel.close()
         if self.cloud is not None:
             self.cloud.close()
 
@@ -401,6 +406,30 @@ class HybridClassifier:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    # --- collection and the offline queue (opt-in) ----------------------------------------------
+
+    def _start_flywheel(self, opts: HybridOptions, name: str) -> Flywheel | None:
+        """Collection and the offline queue when configured (nothing is written otherwise), as observers."""
+        if opts.collect is None and opts.offline_queue is None:
+            return None
+        flywheel = Flywheel(opts.collect, opts.offline_queue, labels=self.labels, name=name,
+                            ask=self._ask_images if self.cloud is not None else None,
+                            model_id=lambda: self.model.sha256 if self.model is not None else None)
+        for observer in flywheel.observers:
+            self._router.add_observer(observer)
+        return flywheel
+
+    def _flywheel_stats(self) -> dict[str, Any]:
+        if self.flywheel is None:
+            return {}
+        collection, offline_queue = self.flywheel.stats()
+        return {"collection": collection, "offline_queue": offline_queue}
+
+    def _ask_images(self, images: Sequence[np.ndarray], deadline_ms: float) -> tuple[list[np.ndarray], int]:
+        """The cloud's probabilities for model-size RGB images (audits, the offline queue), and the bytes sent."""
+        reply = self._ask_cloud([Staged(im, im, im) for im in images], deadline_after(deadline_ms))
+        return list(reply.outputs), reply.bytes_sent
 
     # --- what the routing path calls ------------------------------------------------------------
 

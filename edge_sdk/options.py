@@ -6,7 +6,9 @@
   breaker) and what to upload.
 * :class:`EdgeOptions`: how to run the edge model here (interpreter threads,
   backend) and which inputs to refuse.
-* :class:`HybridOptions`: all three, plus the classifier's own (threshold,
+* :class:`CollectOptions`: what the device keeps for ``hybrid-vision distill``
+  (opt-in collection, the offline queue); nothing is written unless set.
+* :class:`HybridOptions`: all four, plus the classifier's own (threshold,
   metric, top_k). A detector's options would be
   ``class DetectorOptions(RoutingOptions, CloudOptions, EdgeOptions)`` plus its own.
 
@@ -17,8 +19,9 @@ names the same fields for ``HybridClassifier.from_bundle(path, **overrides)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from os import PathLike
 from typing import TypedDict
 
 from .breaker import CircuitBreaker
@@ -26,6 +29,7 @@ from .capacity import Probe
 from .client import CloudClient
 from .policy import Metric, Mode, check_metric, check_mode
 from .preprocess import DEFAULT_LIMITS, ImageLimits
+from .samples import LateAnswer
 from .upload import Upload, check_upload
 
 
@@ -138,8 +142,95 @@ class EdgeOptions(_Options):
 
 
 @dataclass(frozen=True, kw_only=True)
-class HybridOptions(RoutingOptions, CloudOptions, EdgeOptions):
-    """Everything :class:`~edge_sdk.hybrid.HybridClassifier` takes: routing, cloud and edge options, plus:
+class CollectConfig(_Options):
+    """Collect the hard images (and an audit share of the easy ones) for ``hybrid-vision distill``.
+
+    Attributes:
+        dir: the folder to store samples in (made if missing; one folder per model's labels).
+        max_mb: the folder's size bound; past it the oldest samples are deleted.
+        audit_rate: the share of confident edge answers also sent to the cloud, off the hot path (0: none).
+        queue_size: samples waiting for the background worker; past it new ones are dropped (and counted).
+        audit_deadline_ms: the time limit of one audit's cloud call.
+        fsync: make each sample durable before it counts as stored (leave it on).
+        seed: seeds the audit draw (None: random).
+    """
+
+    dir: str | PathLike[str]
+    max_mb: float = 200.0
+    audit_rate: float = 0.02
+    queue_size: int = 256
+    audit_deadline_ms: float = 10_000.0
+    fsync: bool = True
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.max_mb > 0:
+            raise ValueError(f"max_mb must be > 0, not {self.max_mb}")
+        if not 0.0 <= self.audit_rate <= 1.0:
+            raise ValueError(f"audit_rate must be within [0, 1], not {self.audit_rate}")
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, not {self.queue_size}")
+        if not self.audit_deadline_ms > 0:
+            raise ValueError(f"audit_deadline_ms must be > 0, not {self.audit_deadline_ms}")
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfflineQueueConfig(_Options):
+    """Keep the hard images the cloud could not be reached for, and send them when it returns.
+
+    Attributes:
+        dir: the folder to queue in (made if missing).
+        max_items: the most images queued; past it the oldest is dropped.
+        max_mb: the queue's size bound on disk; past it the oldest is dropped.
+        retry_s: how often to try the cloud while images wait.
+        batch: images per request when the queue is sent.
+        deadline_ms: the time limit of one such request.
+        on_answer: called with each :class:`LateAnswer`, in order, in the queue's thread (its errors are logged).
+        fsync: make each queued image durable before it counts as queued (leave it on).
+    """
+
+    dir: str | PathLike[str]
+    max_items: int = 1000
+    max_mb: float = 50.0
+    retry_s: float = 5.0
+    batch: int = 8
+    deadline_ms: float = 10_000.0
+    on_answer: Callable[[LateAnswer], None] | None = None
+    fsync: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_items < 1 or not self.max_mb > 0:
+            raise ValueError(f"max_items must be >= 1 and max_mb > 0, not {self.max_items} and {self.max_mb}")
+        if not self.retry_s > 0 or self.batch < 1 or not self.deadline_ms > 0:
+            raise ValueError("retry_s and deadline_ms must be > 0, batch >= 1")
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollectOptions(_Options):
+    """What the device keeps to learn from (edge_sdk.collect, edge_sdk.offline_queue); nothing unless set.
+
+    Attributes:
+        collect: keep the offloaded images with the cloud's answers, and an audit share of confident ones.
+        offline_queue: queue the hard images on disk while the cloud is unreachable; send them when it returns.
+    """
+
+    collect: CollectConfig | None = None
+    offline_queue: OfflineQueueConfig | None = None
+
+    def __post_init__(self) -> None:
+        for name, want in (("collect", CollectConfig), ("offline_queue", OfflineQueueConfig)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, want):
+                raise TypeError(f"{name} must be a {want.__name__}, not {type(value).__name__}")
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class HybridOptions(RoutingOptions, CloudOptions, EdgeOptions, CollectOptions):
+    """Everything :class:`~edge_sdk.hybrid.HybridClassifier` takes: routing, cloud, edge and collection options,
+    plus:
 
     Attributes:
         threshold: the routing threshold (None: the bundle's calibrated one, which an update may replace;
@@ -157,6 +248,8 @@ class HybridOptions(RoutingOptions, CloudOptions, EdgeOptions):
             check_metric(self.metric)
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, not {self.top_k}")
+        if self.offline_queue is not None and not self.cloud_url:
+            raise ValueError("offline_queue needs a cloud_url: there is nowhere to send the queue")
         super().__post_init__()
 
 
@@ -181,6 +274,8 @@ class HybridOverrides(TypedDict, total=False):
     threshold: float | None
     metric: Metric | None
     top_k: int
+    collect: CollectConfig | None
+    offline_queue: OfflineQueueConfig | None
 
 
 def option_names(options: type[_Options]) -> frozenset[str]:

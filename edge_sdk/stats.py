@@ -56,6 +56,40 @@ class ModelState:
 
 
 @dataclass(frozen=True)
+class CollectionStats:
+    """Opt-in collection (edge_sdk.collect): what is on disk and what happened to the samples handed over."""
+
+    dir: str
+    samples: int
+    bytes_on_disk: int
+    stored: dict[str, int]  # by kind: offload, audit, offline
+    evicted: int  # deleted, oldest first, to stay within max_mb
+    dropped_queue_full: int  # the worker was behind; predict did not wait
+    disk_full: int  # writes the disk refused for lack of space (nothing stored was lost)
+    write_errors: int  # other refused writes
+    audits_asked: int
+    audit_failures: int  # the cloud did not answer an audit
+    audit_bytes: int  # uploaded for audits
+
+
+@dataclass(frozen=True)
+class OfflineQueueStats:
+    """The offline queue (edge_sdk.offline_queue)."""
+
+    dir: str
+    pending: int  # queued on disk now
+    queued: int
+    sent: int  # answered late
+    dropped_full: int  # the oldest, dropped to stay within max_items / max_mb
+    dropped_queue_full: int
+    send_failures: int  # tries while the cloud was still unreachable
+    bytes_sent: int
+    disk_full: int
+    write_errors: int
+    callback_errors: int
+
+
+@dataclass(frozen=True)
 class Stats:
     """A snapshot of a hybrid model's counters, latencies and configuration."""
 
@@ -72,6 +106,8 @@ class Stats:
     upload: str
     breaker: BreakerSnapshot | None
     model: ModelState
+    collection: CollectionStats | None = None  # None unless collection was configured
+    offline_queue: OfflineQueueStats | None = None  # None unless the offline queue was configured
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts all the way down.
@@ -121,7 +157,7 @@ class StatsRecorder:
 
     def snapshot(
         self, *, mode: str, metric: str, threshold: float, upload: str, breaker: BreakerSnapshot | None,
-        model: ModelState,
+        model: ModelState, collection: CollectionStats | None = None, offline_queue: OfflineQueueStats | None = None,
     ) -> Stats:
         """The counters now, with the configuration the caller adds.
 
@@ -151,4 +187,5 @@ class StatsRecorder:
             calls=calls, by_source=dict(by_source), by_reason=dict(by_reason), bytes_sent=sent, errors=errors,
             latency_ms=latency, offload_fraction=by_source.get("cloud", 0) / calls if calls else 0.0,
             mode=mode, metric=metric, threshold=threshold, upload=upload, breaker=breaker, model=model,
+            collection=collection, offline_queue=offline_queue,
         )

@@ -37,3 +37,16 @@ class AccuracyDropError(QuantizeError):
 
 class EvaluateError(HybridVisionError):
     """The evaluation cannot run: no int8 model, labels that do not match, or a cloud that fails."""
+
+
+class DistillError(QuantizeError):
+    """`distill` cannot run as asked (no collected samples, other labels, no training data); nothing was written."""
+
+
+class DistillRefusedError(DistillError):
+    """The distilled edge model is worse than the one it would replace; ``report`` has the comparison.
+    The bundle it started from is untouched and nothing was written to ``--out``."""
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.report = report or {}

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from cloud_server import serve_in_thread
 
+from edge_sdk.samples import read_samples
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 KEY = "example-key-0123456789"
@@ -181,3 +183,26 @@ def test_custom_policy_without_a_cloud_still_answers_on_the_edge(quantized_bundl
     assert r.returncode == 0, r.stderr
     rows = _policy_rows(r.stdout)
     assert len(rows) == 3 and all(row[3] == "edge" for row in rows), rows
+
+
+def test_flywheel_help():
+    r = run_example("flywheel.py", "--help", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout and "--distill-epochs" in r.stdout
+
+
+@pytest.mark.slow
+def test_flywheel_runs_the_whole_cycle_on_loopback(tmp_path):
+    """Train, serve, collect, distill, update over the air, stream again: small, so it runs in a few minutes."""
+    out = tmp_path / "fw"
+    r = run_example("flywheel.py", "--out", out, "--labelled", 40, "--test", 20, "--epochs", 6, "--distill-epochs", 2,
+                    "--audit-rate", 0.2, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "[3/5] distill" in r.stdout and "[4/5] over the air" in r.stdout
+    rows = [row for row in map(str.split, r.stdout.splitlines()) if row and row[0].isdigit()]  # the table
+    assert [row[0] for row in rows] == ["1", "2"]
+    distilled = (out / "b2").is_dir()
+    assert rows[1][1] == ("v2" if distilled else "v1")  # the device runs the new model after an accepted distill
+    assert ("updated=True" in r.stdout) == distilled
+    kinds = {s.meta.kind for s in read_samples(out / "collected")}
+    assert "offload" in kinds

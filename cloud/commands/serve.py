@@ -40,6 +40,10 @@ def add_arguments(p) -> None:
     p.add_argument("--access-log", action="store_true", default=None, help="log every request")
     p.add_argument("--bench-endpoints", action="store_true", default=None,
                    help="add POST /v1/noop (HTTP path without model work) for benchmarks")
+    p.add_argument("--collect", dest="collect_dir", metavar="DIR",
+                   help="store each image infer answers, with its answer, for `hybrid-vision distill` "
+                        "(DIR/<key hash>/<model>/; off by default)")
+    p.add_argument("--collect-max-mb", type=float, help="size bound of each key's and model's folder [1000]")
     add_ray_arguments(p)
 
 
@@ -98,6 +102,7 @@ def run(args) -> int:
         ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, log_level=args.log_level,
         forwarded_allow_ips=args.forwarded_allow_ips,
         access_log=args.access_log, bench_endpoints=args.bench_endpoints,
+        collect_dir=args.collect_dir, collect_max_mb=args.collect_max_mb,
     )
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
         print("warning: listening beyond loopback without API keys; anyone who can reach the port can use it",
