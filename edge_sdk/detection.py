@@ -1,0 +1,123 @@
+"""Turning a CenterNet detector's outputs into boxes, in numpy: what a detect bundle's models mean.
+
+Decoding follows Zhou et al. 2019 ("Objects as Points"): a cell is a detection
+when its centre score is the maximum of its 3x3 neighbourhood (the paper's
+max-pool in place of NMS); the top-K such peaks become boxes from the size and
+offset outputs at the same cell. Boxes come out in the model's input pixels and
+:func:`to_original` maps them back through the resize the manifest names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+OUTPUT_NAMES: tuple[str, str, str] = ("heatmap", "size", "offset")
+
+
+class DetectionSpec(BaseModel):
+    """How a detect bundle's outputs decode: the output stride, how many peaks to keep, and the lowest score kept."""
+
+    model_config = ConfigDict(extra="forbid")
+    stride: int = Field(4, ge=1, le=64)
+    max_detections: int = Field(100, ge=1, le=1000)
+    min_score: float = Field(0.05, ge=0.0, le=1.0)
+    report_score: float = Field(0.3, ge=0.0, le=1.0)
+
+
+@dataclass
+class Detections:
+    """Boxes float32 [n, 4] (x0, y0, x1, y1), scores float32 [n] (descending), classes int64 [n]."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    def above(self, score: float) -> Detections:
+        keep = self.scores >= score
+        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])
+
+
+def local_peaks(heat: np.ndarray) -> np.ndarray:
+    """Bool mask of the cells of a [H, W, C] map that equal the maximum of their 3x3 neighbourhood."""
+    h, w = heat.shape[:2]
+    pad = np.pad(heat, ((1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    pooled = heat.copy()
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            if dy != 1 or dx != 1:
+                np.maximum(pooled, pad[dy: dy + h, dx: dx + w], out=pooled)
+    return heat >= pooled
+
+
+def peak_scores(heat: np.ndarray, k: int, min_score: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and scores of the top ``k`` peaks (descending) with score >= ``min_score``."""
+    flat = np.where(local_peaks(heat), heat, -1.0).ravel()
+    cand = np.flatnonzero(flat >= min_score) if min_score > 0 else np.flatnonzero(flat >= 0)
+    if len(cand) > k:
+        cand = cand[np.argpartition(-flat[cand], k - 1)[:k]]
+    order = np.argsort(-flat[cand], kind="stable")
+    idx = cand[order]
+    return idx, flat[idx].astype(np.float32)
+
+
+def decode(heat: np.ndarray, size: np.ndarray, offset: np.ndarray, spec: DetectionSpec) -> Detections:
+    """One image's outputs ([H, W, C], [H, W, 2], [H, W, 2]) -> detections in model-input pixels."""
+    c = heat.shape[2]
+    idx, scores = peak_scores(heat, spec.max_detections, spec.min_score)
+    if len(idx) == 0:
+        return Detections.empty()
+    cell, cls = np.divmod(idx, c)
+    ys, xs = np.divmod(cell, heat.shape[1])
+    wh = size[ys, xs].astype(np.float32)
+    cx = (xs + offset[ys, xs, 0]) * spec.stride
+    cy = (ys + offset[ys, xs, 1]) * spec.stride
+    half_w, half_h = wh[:, 0] * (spec.stride / 2), wh[:, 1] * (spec.stride / 2)
+    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], 1).astype(np.float32)
+    return Detections(boxes, scores, cls.astype(np.int64))
+
+
+def _model_to_image(mode: str, model_hw: tuple[int, int], image_hw: tuple[int, int]) -> tuple[float, ...]:
+    """(sx, sy, ox, oy) with x_image = x_model * sx + ox (and so for y): the inverse of the manifest's resize."""
+    mh, mw = model_hw
+    h, w = image_hw
+    if mode == "stretch":
+        return w / mw, h / mh, 0.0, 0.0
+    if mode == "letterbox":
+        s = min(mh / h, mw / w)
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        sx, sy = w / nw, h / nh
+        return sx, sy, -((mw - nw) // 2) * sx, -((mh - nh) // 2) * sy
+    if mode == "center_crop":
+        s = max(mh / h, mw / w)
+        nh, nw = max(mh, round(h * s)), max(mw, round(w * s))
+        sx, sy = w / nw, h / nh
+        return sx, sy, ((nw - mw) // 2) * sx, ((nh - mh) // 2) * sy
+    raise ValueError(f"unknown resize mode {mode!r}")
+
+
+def to_original(boxes: np.ndarray, mode: str, model_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
+    """Boxes in model-input pixels -> pixels of the original image, undoing ``edge_sdk.preprocess.resize``; clipped."""
+    sx, sy, ox, oy = _model_to_image(mode, model_hw, image_hw)
+    b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    b[:, [0, 2]] = (b[:, [0, 2]] * sx + ox).clip(0, image_hw[1])
+    b[:, [1, 3]] = (b[:, [1, 3]] * sy + oy).clip(0, image_hw[0])
+    return b
+
+
+def to_model(boxes: np.ndarray, mode: str, model_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
+    """Original-image pixels -> model-input pixels (training targets): the inverse of :func:`to_original`."""
+    sx, sy, ox, oy = _model_to_image(mode, model_hw, image_hw)
+    b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    b[:, [0, 2]] = (b[:, [0, 2]] - ox) / sx
+    b[:, [1, 3]] = (b[:, [1, 3]] - oy) / sy
+    return b
