@@ -10,6 +10,7 @@ offset outputs at the same cell. Boxes come out in the model's input pixels and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -121,3 +122,36 @@ def to_model(boxes: np.ndarray, mode: str, model_hw: tuple[int, int], image_hw: 
     b[:, [0, 2]] = (b[:, [0, 2]] - ox) / sx
     b[:, [1, 3]] = (b[:, [1, 3]] - oy) / sy
     return b
+
+
+# --- how unsure a frame is: the routing scores of a detect bundle ---------------------------------
+
+DetectMetric = Literal["band_mass", "band_count", "top_entropy"]
+DETECT_METRICS: tuple[str, ...] = ("band_mass", "band_count", "top_entropy")
+BAND = (0.1, 0.5)  # a peak scoring here might be an object or not; above it the edge is sure, below it is background
+
+
+def frame_uncertainty(scores: np.ndarray, metric: str = "band_mass", band: tuple[float, float] = BAND) -> float:
+    """How unsure the edge is about one frame, from its candidate peaks' scores; higher is less sure.
+
+    A CenterNet peak's score estimates the probability that an object of that
+    class is centred there. Peaks above the band are confident detections, peaks
+    below it confident background; a peak inside the band is a coin toss the edge
+    may get wrong either way (a missed object, a false box, or the right box
+    with the wrong class, which splits its score across two class maps and so
+    lands two peaks in the band). The frame's score adds up that doubt:
+
+    * ``band_mass``: the sum of in-band scores (an expected count of unsure objects);
+    * ``band_count``: the number of in-band peaks;
+    * ``top_entropy``: the sum of the binary entropies (bits) of all candidate peaks.
+    """
+    s = np.asarray(scores, np.float64)
+    lo, hi = band
+    if metric == "band_mass":
+        return float(s[(s >= lo) & (s < hi)].sum())
+    if metric == "band_count":
+        return float(((s >= lo) & (s < hi)).sum())
+    if metric == "top_entropy":
+        p = np.clip(s, 1e-6, 1 - 1e-6)
+        return float(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)).sum())
+    raise ValueError(f"unknown detection routing metric {metric!r}; choose from {', '.join(DETECT_METRICS)}")
