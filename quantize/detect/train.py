@@ -55,6 +55,7 @@ class DetectTrainConfig:
     synth_counts: tuple[int, int, int] = (3000, 300, 500)  # built-in set: train, val, test images
     skip_bad: bool = False
     eval_every: int = 2
+    checkpoint: str | None = None  # also save each new best model here (a long run interrupted keeps its best)
     progress: bool = True
 
 
@@ -181,6 +182,8 @@ def _map_callback(model, val: Prepared, val_ds: DetectionSet, inp, pp, spec, cfg
                 self.history.append({"epoch": epoch + 1, "val_map50": s.map50, "val_map": s.map})
                 if s.map50 + s.map > self.best:
                     self.best, self.best_weights, self.best_epoch = s.map50 + s.map, model.get_weights(), epoch + 1
+                    if cfg.checkpoint:
+                        model.save(cfg.checkpoint)
                 post.update(val_map50=f"{s.map50:.3f}", val_map=f"{s.map:.3f}")
             self.bar.set_postfix(post)
             self.bar.update(1)
