@@ -7,8 +7,8 @@ import pytest
 
 from edge_sdk.bundle import Manifest
 from edge_sdk.detection import (
-    DetectionSpec,
     Detections,
+    DetectionSpec,
     decode,
     frame_uncertainty,
     local_peaks,

@@ -16,7 +16,10 @@ scans (a test digit's handwriting was never seen in training).
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +32,7 @@ NAME = "shapes"
 SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
 DEFAULT_COUNTS = {"train": 3000, "val": 300, "test": 500}
 MAX_OCCLUDED = 0.35
+VERSION = 1  # bump when the images change, so caches are not reused
 
 
 @dataclass(frozen=True)
@@ -208,15 +212,51 @@ class Generator:
         return rgb, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64)
 
 
-def make_set(part: str, n: int, cfg: SynthConfig = SynthConfig(), seed: int = 0,
-             progress: bool = False) -> DetectionSet:
-    """``n`` images of one part, held in memory (3000 at 160x160 take 230 MB)."""
+def _cache_file(part: str, n: int, cfg: SynthConfig, seed: int) -> Path:
+    from ..data import cache_dir
+
+    key = hashlib.sha256(repr((VERSION, part, seed, cfg)).encode()).hexdigest()[:12]
+    return cache_dir() / f"{NAME}-{part}-{key}-{n}.npz"
+
+
+def _generate(part: str, n: int, cfg: SynthConfig, seed: int, progress: bool) -> list[tuple]:
     from tqdm.auto import tqdm
 
     gen = Generator(part, cfg, seed)
-    records = []
-    for i in tqdm(range(n), desc=f"shapes {part}", unit="img", disable=not progress, leave=False):
-        rgb, boxes, classes = gen.image(i)
-        name = f"{NAME}/{part}/{i:05d}.png"
-        records.append(ImageRecord(name, rgb.shape[1], rgb.shape[0], boxes, classes, pixels=rgb))
+    return [gen.image(i) for i in tqdm(range(n), desc=f"shapes {part}", unit="img", disable=not progress, leave=False)]
+
+
+def _load_cached(path: Path) -> list[tuple] | None:
+    try:
+        with np.load(path) as z:
+            images, boxes, classes, counts = z["images"], z["boxes"], z["classes"], z["counts"]
+    except (OSError, ValueError, KeyError):
+        return None
+    ends = np.cumsum(counts)
+    return [(images[i], boxes[e - c: e], classes[e - c: e]) for i, (c, e) in enumerate(zip(counts, ends, strict=True))]
+
+
+def _save_cached(path: Path, items: list[tuple]) -> None:
+    """Write atomically (a temp file, then a rename); a failure to cache is not an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, images=np.stack([x[0] for x in items]), boxes=np.concatenate([x[1] for x in items]),
+                 classes=np.concatenate([x[2] for x in items]), counts=np.array([len(x[2]) for x in items]))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def make_set(part: str, n: int, cfg: SynthConfig = SynthConfig(), seed: int = 0,
+             progress: bool = False) -> DetectionSet:
+    """``n`` images of one part, held in memory (3000 at 160x160 take 230 MB); cached on disk once made."""
+    path = _cache_file(part, n, cfg, seed)
+    items = _load_cached(path) if n and path.exists() else None
+    if items is None:
+        items = _generate(part, n, cfg, seed, progress)
+        if n:
+            _save_cached(path, items)
+    records = [ImageRecord(f"{NAME}/{part}/{i:05d}.png", rgb.shape[1], rgb.shape[0], b, c, pixels=rgb)
+               for i, (rgb, b, c) in enumerate(items)]
     return DetectionSet(LABELS, records, f"{NAME}:{part}")
