@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge_sdk.bundle import Bundle
-from edge_sdk.detection import DetectionSpec, Detections, decode, to_original
+from edge_sdk.detection import Detections, DetectionSpec, decode, to_original
 from edge_sdk.errors import BundleError
 
 from .model import CloudModel
