@@ -31,6 +31,8 @@ def add_arguments(p) -> None:
                    help="detection: the cloud detector's size [large]")
     p.add_argument("--edge-detector", choices=["small", "large"],
                    help="detection: also train this detector for the device (big/little); default: the same detector")
+    p.add_argument("--init", metavar="KERAS",
+                   help="detection: start from this saved detector's weights (e.g. a bundle's cloud.keras) to train on")
     p.add_argument("--flip", action="store_true", help="detection: random horizontal flips (not for text or digits)")
     p.add_argument("--skip-bad", action="store_true",
                    help="detection: leave out images with bad annotations, report and count them (default: stop "
@@ -45,6 +47,7 @@ def run_detect(args) -> int:
         data=args.data or "shapes", out=args.out, name=args.name, model=args.detector, edge_model=args.edge_detector,
         input_size=args.input_size or 160, resize=args.resize, epochs=args.epochs or 30, batch_size=args.batch_size,
         seed=args.seed, augment=not args.no_augment, flip=args.flip, skip_bad=args.skip_bad, progress=not args.quiet,
+        init=args.init,
     )
     bundle = train_detector(cfg)
     rep = bundle.manifest.reports["train"]

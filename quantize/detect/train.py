@@ -56,6 +56,7 @@ class DetectTrainConfig:
     skip_bad: bool = False
     eval_every: int = 2
     checkpoint: str | None = None  # also save each new best model here (a long run interrupted keeps its best)
+    init: str | None = None  # start the cloud detector from this .keras file's weights (continue a run)
     progress: bool = True
 
 
@@ -214,6 +215,17 @@ def fit_detector(model, train: Prepared, val: Prepared, val_ds: DetectionSet, in
             "final_loss": float(hist.history["loss"][-1]), "val_history": best.history}
 
 
+def start_from(model, path: str) -> None:
+    """Load a saved detector's weights into ``model`` (the same architecture and classes), to continue training."""
+    from ..models import load_safe
+
+    src = load_safe(path, datasets.DataError, "the --init detector")
+    try:
+        model.set_weights(src.get_weights())
+    except ValueError as e:
+        raise datasets.DataError(f"{path}: its weights do not fit a {model.name} for these classes ({e})") from None
+
+
 def save_detector(model, path: Path) -> None:
     """Inference weights and architecture only (no optimizer state)."""
     model.save(path)
@@ -246,6 +258,8 @@ def train_detector(cfg: DetectTrainConfig) -> Bundle:
     with tempfile.TemporaryDirectory() as td:
         for role, size in roles.items():
             model = build_detector((inp.height, inp.width, 3), len(labels), SPECS[size])
+            if role == "cloud" and cfg.init:
+                start_from(model, cfg.init)
             fit = fit_detector(model, prep["train"], prep["val"], parts.val, inp, pp, spec, cfg, len(labels))
             fit["test"] = test_scores(model, prep["test"], parts.test, inp, pp, spec)
             reports[role] = {"model": size, "arch": model.name, **fit}
