@@ -27,11 +27,13 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge_sdk.bundle import Bundle, load_bundle
+from edge_sdk.detection import SERVED_OUTPUTS
 from edge_sdk.errors import BundleError, InvalidImageError
 from edge_sdk.preprocess import cv2
 
 from . import docs, image_endpoints
 from .batching import Batcher, BatcherClosedError, QueueFullError
+from .detect_model import DetectCloudModel
 from .errors import ApiError, describe, error_response
 from .image_endpoints import ImageEndpoints
 from .inputs import ModelInput
@@ -54,7 +56,8 @@ def load_models(bundles: BundlesArg, settings: Settings) -> dict[str, CloudModel
     out: dict[str, CloudModel] = {}
     for name, b in items:
         bundle = b if isinstance(b, Bundle) else load_bundle(Path(b), verify=True)
-        m = CloudModel(bundle, name=name, max_batch_size=settings.max_batch_size, backend=settings.backend)
+        cls = DetectCloudModel if bundle.manifest.task == "detect" else CloudModel
+        m = cls(bundle, name=name, max_batch_size=settings.max_batch_size, backend=settings.backend)
         if m.name in out:
             raise BundleError(f"two bundles are named {m.name!r}; give one another name (NAME=BUNDLE)")
         out[m.name] = m
@@ -103,7 +106,8 @@ def create_app(bundles: BundlesArg, settings: Settings | None = None) -> FastAPI
             on_batch=lambda n, s, _name=name: metrics.observe_batch(_name, n, s),
         )
         metrics.queue_depth.labels(name).set_function(lambda b=batcher: b.depth)
-        spec = ModelInput(m.manifest.input, m.manifest.preprocess, settings.image_limits, settings.max_request_images)
+        spec = ModelInput(m.manifest.input, m.manifest.preprocess, settings.image_limits, settings.max_request_images,
+                          **({"outputs": SERVED_OUTPUTS} if isinstance(m, DetectCloudModel) else {}))
         served[name] = ServedModel(name, m, batcher, spec, EdgeArtifact.from_bundle(m.bundle))
     state = ServiceState(settings, served, metrics)
 

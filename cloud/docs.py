@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI, Query
 from fastapi.openapi.utils import get_openapi
 
+from edge_sdk.detection import DetectResponse
 from edge_sdk.protocol import ClassifyResponse, ErrorBody, InferRequest, InferResponse
 
 ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 413, 415, 422, 429, 503)}
@@ -29,11 +30,19 @@ def hot_routes(bench: bool) -> APIRouter:
                        top_k: int = Query(5, ge=1, le=1000, description="how many labels to list")):
         """Classify one image sent as the raw body: `curl --data-binary @img.png -H 'Content-Type: image/png'`."""
 
+    @router.post("/v1/detect", tags=["detect"], response_model=DetectResponse, responses=ERRORS,
+                 openapi_extra=IMAGE_BODY)
+    async def detect(model: str | None = Query(None, description="model name; needed when several are served"),
+                     min_score: float | None = Query(None, ge=0, le=1, description="lowest score listed "
+                                                     "[the bundle's report_score]")):
+        """Detect the objects in one image sent as the raw body (a detect bundle); boxes in its pixels."""
+
     @router.post("/v2/models/{name}/infer", tags=["models"], response_model=InferResponse, responses=ERRORS,
                  openapi_extra=INFER_BODY)
     async def infer(name: str):
         """KServe v2 inference: encoded images (BYTES, base64) or a UINT8/FP32 NHWC tensor named `image`;
-        outputs `probabilities` FP32 [N, C] and `label` BYTES [N]."""
+        outputs `probabilities` FP32 [N, C] and `label` BYTES [N], or for a detect bundle `boxes` FP32
+        [N, K, 4], `scores` FP32 [N, K], `classes` INT64 [N, K] and `count` INT32 [N]."""
 
     if bench:
         @router.post("/v1/noop", tags=["benchmark"], responses=ERRORS, openapi_extra=IMAGE_BODY)

@@ -26,6 +26,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from edge_sdk.imageinfo import read_info
 from edge_sdk.protocol import LABEL_OUTPUT, PROBS_OUTPUT
 
+from .detect_model import DetectCloudModel
+from .detect_outputs import detect_body, infer_outputs
 from .errors import ApiError, describe
 from .inputs import image_tensor, parse_infer
 from .state import ServedModel, ServiceState
@@ -35,7 +37,8 @@ log = logging.getLogger("hybrid_vision.cloud")
 IMAGE_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "image/bmp", "image/x-ms-bmp", "image/webp",
                          "application/octet-stream"})
 JSON_TYPES = frozenset({"application/json"})
-TEMPLATES = {"classify": "/v1/classify", "infer": "/v2/models/{name}/infer", "noop": "/v1/noop"}
+TEMPLATES = {"classify": "/v1/classify", "infer": "/v2/models/{name}/infer", "noop": "/v1/noop",
+             "detect": "/v1/detect"}
 LARGE_JSON_VALUES = 20_000  # infer responses bigger than this are serialized in the pool
 
 
@@ -47,6 +50,8 @@ def match(path: str, bench: bool) -> tuple[str, str | None] | None:
     """("classify" | "infer" | "noop", model name in the path) for a hot endpoint, else None."""
     if path == "/v1/classify":
         return "classify", None
+    if path == "/v1/detect":
+        return "detect", None
     if path.startswith("/v2/models/") and path.endswith("/infer"):
         name = path[len("/v2/models/"):-len("/infer")]
         if name and "/" not in name:
@@ -83,6 +88,8 @@ class ImageEndpoints:
                 body = await self.infer(scope, receive, name)
             elif kind == "classify":
                 body = await self.classify(scope, receive)
+            elif kind == "detect":
+                body = await self.detect(scope, receive)
             else:
                 body = await self.noop(scope, receive)
         except ClientGone:
@@ -105,6 +112,8 @@ class ImageEndpoints:
     async def classify(self, scope: Scope, receive: Receive) -> bytes:
         q = dict(parse_qsl(scope["query_string"].decode("latin-1")))
         sm = self.state.resolve(q.get("model"))
+        if isinstance(sm.model, DetectCloudModel):
+            raise ApiError(400, f"model {sm.name!r} is a detector; send the image to /v1/detect")
         top_k = _int_param(q, "top_k", 5, 1, 1000)
         _check_content_type(scope, IMAGE_TYPES)
         data = await read_body(receive, self.limit)
@@ -123,6 +132,10 @@ class ImageEndpoints:
             return parsed.x
 
         probs = await sm.batcher.infer(prepare)
+        if isinstance(sm.model, DetectCloudModel):
+            doc = {"model_name": sm.name, "model_version": sm.model.manifest.version, "id": parsed.id,
+                   "outputs": infer_outputs(sm.model, probs, parsed.sizes, parsed.outputs)}
+            return await self.state.in_pool(_dumps, doc)
         outputs = []
         if PROBS_OUTPUT in parsed.outputs:
             outputs.append({"name": PROBS_OUTPUT, "datatype": "FP32", "shape": list(probs.shape),
@@ -135,6 +148,20 @@ class ImageEndpoints:
         if probs.size > LARGE_JSON_VALUES:
             return await self.state.in_pool(_dumps, doc)
         return _dumps(doc)
+
+    async def detect(self, scope: Scope, receive: Receive) -> bytes:
+        """One raw image -> JSON boxes in its pixels (a detect bundle's model)."""
+        q = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        sm = self.state.resolve(q.get("model"))
+        if not isinstance(sm.model, DetectCloudModel):
+            raise ApiError(400, f"model {sm.name!r} classifies; /v1/detect needs a detect bundle (use /v1/classify)")
+        min_score = _float_param(q, "min_score", sm.model.spec.report_score, 0.0, 1.0)
+        _check_content_type(scope, IMAGE_TYPES)
+        data = await read_body(receive, self.limit)
+        info = read_info(data)
+        rows = await sm.batcher.infer(self._prepare_image(sm, data))
+        size = (int(info.height or 0), int(info.width or 0))
+        return _dumps(detect_body(sm.name, sm.model, rows[0], size, min_score))
 
     async def noop(self, scope: Scope, receive: Receive) -> bytes:
         """The HTTP ceiling: what /v1/classify does before and after decoding and the model."""
@@ -213,6 +240,19 @@ def _int_param(q: dict[str, str], name: str, default: int, lo: int, hi: int) -> 
         raise ApiError(400, f"invalid query.{name}: {raw!r} is not an integer") from None
     if not lo <= v <= hi:
         raise ApiError(400, f"invalid query.{name}: must be between {lo} and {hi}")
+    return v
+
+
+def _float_param(q: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = q.get(name)
+    if raw is None:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ApiError(400, f"invalid query.{name}: {raw!r} is not a number") from None
+    if not lo <= v <= hi:
+        raise ApiError(400, f"invalid query.{name}: must be between {lo:g} and {hi:g}")
     return v
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from edge_sdk.errors import InvalidImageError
+from edge_sdk.imageinfo import read_info
 from edge_sdk.preprocess import ImageLimits, InputSpec, PreprocessSpec, preprocess
 from edge_sdk.protocol import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT, InferRequest, Tensor
 
@@ -32,6 +33,7 @@ class ModelInput:
     preprocess: PreprocessSpec
     limits: ImageLimits
     max_images: int
+    outputs: tuple[str, ...] = OUTPUTS  # the outputs v2 infer may ask for (a detector has its own)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -43,6 +45,7 @@ class ParsedInfer:
     id: str | None
     outputs: tuple[str, ...]
     x: np.ndarray  # float32 [N, H, W, C]
+    sizes: tuple[tuple[int, int], ...] = ()  # (height, width) of each image as sent
 
 
 def image_tensor(data: bytes, spec: ModelInput) -> np.ndarray:
@@ -59,12 +62,12 @@ def parse_infer(body: bytes, spec: ModelInput) -> ParsedInfer:
         req = InferRequest.model_validate_json(body)
     except ValidationError as e:
         raise ApiError(400, _validation_message(e)) from None
-    outputs = OUTPUTS
+    outputs = spec.outputs
     if req.outputs:
         asked = [o.name for o in req.outputs]
-        unknown = [n for n in asked if n not in OUTPUTS]
+        unknown = [n for n in asked if n not in spec.outputs]
         if unknown:
-            raise ApiError(400, f"unknown output(s) {unknown}; this model gives {list(OUTPUTS)}")
+            raise ApiError(400, f"unknown output(s) {unknown}; this model gives {list(spec.outputs)}")
         outputs = tuple(dict.fromkeys(asked))
     t = req.inputs[0]
     if t.name != INPUT_NAME:
@@ -79,7 +82,18 @@ def parse_infer(body: bytes, spec: ModelInput) -> ParsedInfer:
         x = _fp32_tensor(t, spec)
     else:
         raise ApiError(422, f"datatype {t.datatype} is not accepted; send BYTES (encoded images), UINT8 or FP32")
-    return ParsedInfer(req.id, outputs, x)
+    return ParsedInfer(req.id, outputs, x, _sizes(t, spec) if spec.outputs != OUTPUTS else ())
+
+
+def _sizes(t: Tensor, spec: ModelInput) -> tuple[tuple[int, int], ...]:
+    """(height, width) of each image as sent: from an encoded image's header, a UINT8 tensor's shape, or the
+    model's input for preprocessed FP32 (only called once the data parsed, so the header reads cleanly)."""
+    if t.datatype == "BYTES":
+        infos = (read_info(b64decode(s)) for s in t.data)
+        return tuple((int(i.height or 0), int(i.width or 0)) for i in infos)
+    if t.datatype == "UINT8":
+        return ((t.shape[1], t.shape[2]),) * t.shape[0]
+    return ((spec.input.height, spec.input.width),) * t.shape[0]
 
 
 def _count(t: Tensor, spec: ModelInput) -> int:

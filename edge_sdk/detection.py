@@ -15,7 +15,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-OUTPUT_NAMES: tuple[str, str, str] = ("heatmap", "size", "offset")
+OUTPUT_NAMES: tuple[str, str, str] = ("heatmap", "size", "offset")  # the model's outputs
+SERVED_OUTPUTS: tuple[str, ...] = ("boxes", "scores", "classes", "count")  # what a server answers on v2 infer
 
 
 class DetectionSpec(BaseModel):
@@ -155,3 +156,26 @@ def frame_uncertainty(scores: np.ndarray, metric: str = "band_mass", band: tuple
         p = np.clip(s, 1e-6, 1 - 1e-6)
         return float(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)).sum())
     raise ValueError(f"unknown detection routing metric {metric!r}; choose from {', '.join(DETECT_METRICS)}")
+
+
+# --- the service's /v1/detect answer ----------------------------------------------------------------
+
+
+class DetectedObject(BaseModel):
+    box: list[float] = Field(description="x0, y0, x1, y1 in the image's pixels", min_length=4, max_length=4)
+    label: str
+    class_id: int
+    score: float
+
+
+class ImageSize(BaseModel):
+    height: int
+    width: int
+
+
+class DetectResponse(BaseModel):
+    """``POST /v1/detect``: the objects found in the image, best first."""
+
+    model_name: str
+    image_size: ImageSize
+    detections: list[DetectedObject]

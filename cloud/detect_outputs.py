@@ -1,0 +1,53 @@
+"""What the service answers for a detect bundle: the v2 infer outputs and the ``POST /v1/detect`` body.
+
+A detect model's batcher gives packed rows (``cloud.detect_model``); here they
+become boxes in the pixels of each image as it was sent: the decoded size of an
+encoded image, the H x W of a UINT8 tensor, the model's input for an FP32 one.
+
+v2 infer outputs: ``boxes`` FP32 [N, K, 4] (x0, y0, x1, y1), ``scores`` FP32
+[N, K], ``classes`` INT64 [N, K] and ``count`` INT32 [N]; the rows past an
+image's count are zero boxes with score 0 and class -1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .detect_model import DetectCloudModel, unpack
+
+DATATYPES = {"boxes": "FP32", "scores": "FP32", "classes": "INT64", "count": "INT32"}
+
+
+def detection_arrays(model: DetectCloudModel, packed: np.ndarray,
+                     sizes: Sequence[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """Packed rows -> the four output tensors, each image's boxes in its own pixels."""
+    n, k = len(packed), model.max_detections
+    out = {"boxes": np.zeros((n, k, 4), np.float32), "scores": np.zeros((n, k), np.float32),
+           "classes": np.full((n, k), -1, np.int64), "count": np.zeros(n, np.int32)}
+    hw = model.input_shape[:2]
+    for i, (row, size) in enumerate(zip(packed, sizes, strict=True)):
+        d = unpack(row, model.manifest.preprocess.resize, hw, size)
+        c = len(d)
+        out["boxes"][i, :c], out["scores"][i, :c], out["classes"][i, :c], out["count"][i] = (
+            d.boxes, d.scores, d.classes, c)
+    return out
+
+
+def infer_outputs(model: DetectCloudModel, packed: np.ndarray, sizes: Sequence[tuple[int, int]],
+                  asked: Sequence[str]) -> list[dict[str, Any]]:
+    """The v2 infer ``outputs`` list (JSON data), in the order asked."""
+    arrays = detection_arrays(model, packed, sizes)
+    return [{"name": name, "datatype": DATATYPES[name], "shape": list(arrays[name].shape),
+             "data": arrays[name].ravel().tolist()} for name in asked]
+
+
+def detect_body(name: str, model: DetectCloudModel, row: np.ndarray, size: tuple[int, int],
+                min_score: float) -> dict[str, Any]:
+    """The /v1/detect answer: the boxes scoring >= ``min_score``, in the image's pixels, best first."""
+    d = unpack(row, model.manifest.preprocess.resize, model.input_shape[:2], size, min_score)
+    return {"model_name": name, "image_size": {"height": size[0], "width": size[1]},
+            "detections": [{"box": [float(v) for v in b], "label": model.labels[int(c)], "class_id": int(c),
+                            "score": float(s)} for b, s, c in zip(d.boxes, d.scores, d.classes, strict=True)]}
