@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 import requests
-
 from cloud_server import serve_in_thread
+
 from edge_sdk.bundle import Manifest, ModelFile, write_bundle
 from edge_sdk.detection import DetectionSpec
 from edge_sdk.preprocess import InputSpec, PreprocessSpec, encode_png
