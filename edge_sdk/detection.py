@@ -10,7 +10,7 @@ offset outputs at the same cell. Boxes come out in the model's input pixels and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -179,3 +179,40 @@ class DetectResponse(BaseModel):
     model_name: str
     image_size: ImageSize
     detections: list[DetectedObject]
+
+
+def parse_served(body: Any, n: int, num_classes: int) -> list[Detections]:
+    """A v2 infer answer of a detect model (outputs boxes, scores, classes, count) -> one Detections per image,
+    boxes in the pixels of each image as sent. ValueError on anything malformed (a bad answer, never a crash)."""
+    if not isinstance(body, dict) or not isinstance(body.get("outputs"), list):
+        raise ValueError("response is not a v2 infer answer (no 'outputs' list)")
+    by_name = {o.get("name"): o for o in body["outputs"] if isinstance(o, dict)}
+    missing = [k for k in SERVED_OUTPUTS if k not in by_name]
+    if missing:
+        raise ValueError(f"response lacks output(s) {missing} (has: {sorted(map(str, by_name))})")
+    arrays = {k: _served_array(by_name[k], k) for k in SERVED_OUTPUTS}
+    boxes, scores, classes, count = (arrays[k] for k in SERVED_OUTPUTS)
+    k = scores.shape[1] if scores.ndim == 2 else -1
+    if boxes.shape != (n, k, 4) or scores.shape != (n, k) or classes.shape != (n, k) or count.shape != (n,):
+        raise ValueError(f"detection outputs have shapes {boxes.shape}, {scores.shape}, {classes.shape}, "
+                         f"{count.shape}; expected [{n}, K, 4], [{n}, K], [{n}, K], [{n}]")
+    out = []
+    for i in range(n):
+        c = int(count[i])
+        if not 0 <= c <= k:
+            raise ValueError(f"count {c} for image {i} is outside 0..{k}")
+        cls = classes[i, :c].astype(np.int64)
+        if ((cls < 0) | (cls >= num_classes)).any():
+            raise ValueError(f"image {i}: class index out of range 0..{num_classes - 1}")
+        out.append(Detections(boxes[i, :c].astype(np.float32), scores[i, :c].astype(np.float32), cls))
+    return out
+
+
+def _served_array(t: dict, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(t["data"], np.float64).reshape([int(d) for d in t["shape"]])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"output {name!r} has no data matching its shape") from None
+    if not np.isfinite(a).all():
+        raise ValueError(f"output {name!r} holds NaN or Inf")
+    return a

@@ -114,3 +114,24 @@ def test_manifest_task_is_backward_compatible():
         Manifest.model_validate({**base, "labels": ["only"]})
     with pytest.raises(ValueError, match="only for task 'detect'"):
         Manifest.model_validate({**base, "detection": {"stride": 4}})
+
+
+def test_parse_served_answer_and_refuse_malformed_ones():
+    from edge_sdk.detection import parse_served
+
+    body = {"outputs": [
+        {"name": "boxes", "datatype": "FP32", "shape": [2, 2, 4], "data": [1, 2, 3, 4, 5, 6, 7, 8] + [0] * 8},
+        {"name": "scores", "datatype": "FP32", "shape": [2, 2], "data": [0.9, 0.4, 0, 0]},
+        {"name": "classes", "datatype": "INT64", "shape": [2, 2], "data": [3, 13, -1, -1]},
+        {"name": "count", "datatype": "INT32", "shape": [2], "data": [2, 0]}]}
+    a, b = parse_served(body, 2, 14)
+    assert a.boxes.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]] and a.classes.tolist() == [3, 13] and len(b) == 0
+    with pytest.raises(ValueError, match="shapes"):
+        parse_served(body, 3, 14)
+    with pytest.raises(ValueError, match="class index"):
+        parse_served(body, 2, 5)
+    broken = {"outputs": [o if o["name"] != "count" else {**o, "data": [3, 0]} for o in body["outputs"]]}
+    with pytest.raises(ValueError, match="count 3"):
+        parse_served(broken, 2, 14)
+    with pytest.raises(ValueError, match="lacks"):
+        parse_served({"outputs": body["outputs"][:3]}, 2, 14)
