@@ -16,6 +16,7 @@ from .errors import (
     UpdateError,
 )
 from .hybrid import HybridClassifier, Prediction
+from .hybrid_detector import Detection, DetectionResult, DetectorOptions, HybridDetector
 from .options import CloudOptions, EdgeOptions, HybridOptions, HybridOverrides, RoutingOptions
 from .ota import UpdateResult, VerifiedUpdate
 from .policy import Metric, Mode, Verdict
@@ -27,7 +28,9 @@ from .upload import Staged, Upload
 
 __all__ = [
     # the classifier and its answers
-    "HybridClassifier", "Prediction", "Reason", "Stats", "LatencySummary", "ModelState",
+    "HybridClassifier", "Prediction",
+    # the detector and its answers
+    "HybridDetector", "DetectorOptions", "DetectionResult", "Detection", "Reason", "Stats", "LatencySummary", "ModelState",
     # options
     "HybridOptions", "HybridOverrides", "RoutingOptions", "CloudOptions", "EdgeOptions", "Mode", "Metric", "Upload",
     # capacity, breaker, updates

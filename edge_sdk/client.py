@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import requests
@@ -35,6 +35,7 @@ from .errors import CloudError
 from .protocol import images_request, parse_outputs, tensor_request
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 USER_AGENT = "hybrid-vision-edge/0.1"
 
@@ -177,6 +178,14 @@ class CloudClient:
                                            parse=lambda r: _parse_infer(r, n, num_classes))
         probs, labels = reply.parsed
         return CloudResult(probs, labels, sent, attempts, (time.perf_counter() - t0) * 1000)
+
+    def infer_parsed(self, request: dict[str, Any], deadline: float, parse: Callable[[Any], T]) -> tuple[T, int]:
+        """Send one v2 infer request; ``parse`` turns the JSON answer into the task's outputs, raising
+        ValueError for an answer it cannot use (a ``bad_response`` CloudError). Returns (parsed, bytes sent)."""
+        body = json.dumps(request, separators=(",", ":")).encode()
+        reply, _, sent = self._call("POST", self.infer_url, body, {"Content-Type": "application/json"}, deadline,
+                                    parse=lambda r: _parse_json(r, parse))
+        return reply.parsed, sent
 
     # --- over-the-air update ---------------------------------------------------
 
@@ -322,6 +331,15 @@ def _parse_infer(reply: _Reply, n: int, num_classes: int) -> tuple[np.ndarray, l
     try:
         return parse_outputs(json.loads(reply.content), n, num_classes)
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and pydantic's ValidationError included
+        raise CloudError(f"malformed infer response: {_short(e)}", "bad_response", reply.status) from None
+
+
+def _parse_json(reply: _Reply, parse: Callable[[Any], T]) -> T:
+    if reply.status != 200:
+        raise _status_error(reply)
+    try:
+        return parse(json.loads(reply.content))
+    except (ValueError, UnicodeDecodeError) as e:
         raise CloudError(f"malformed infer response: {_short(e)}", "bad_response", reply.status) from None
 
 

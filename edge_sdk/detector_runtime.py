@@ -21,7 +21,7 @@ import numpy as np
 from .detection import Detections, DetectionSpec, decode
 from .errors import ModelLoadError
 from .preprocess import QuantParams
-from .runtime import BACKENDS, _dequant_table, _quant_of, find_interpreter
+from .runtime import BACKENDS, _dequant_table, _quant_of, _read_model, find_interpreter
 
 
 def _output_indices(interp: Any, n: int, source: str) -> list[int]:
@@ -45,14 +45,7 @@ class DetectorModel:
 
     def __init__(self, model: str | Path | bytes, *, num_threads: int | None = None,
                  backend: str | Sequence[str] | None = None, expected_sha256: str | None = None):
-        if isinstance(model, (str, Path)):
-            try:
-                content = Path(model).read_bytes()
-            except OSError as e:
-                raise ModelLoadError(f"{model}: cannot read the edge model ({e.strerror or e})") from None
-            self.source = str(model)
-        else:
-            content, self.source = bytes(model), "<memory>"
+        content, self.source = _read_model(model)
         self.sha256 = hashlib.sha256(content).hexdigest()
         if expected_sha256 and expected_sha256 != self.sha256:
             raise ModelLoadError(f"{self.source}: sha256 {self.sha256[:12]}… does not match the expected "

@@ -11,27 +11,15 @@ import numpy as np
 import pytest
 import requests
 from cloud_server import serve_in_thread
+from detect_helpers import make_detect_bundle
 
-from edge_sdk.bundle import Manifest, ModelFile, write_bundle
-from edge_sdk.detection import DetectionSpec
-from edge_sdk.preprocess import InputSpec, PreprocessSpec, encode_png
+from edge_sdk.preprocess import encode_png
 from quantize.detect import synth
 
 
 @pytest.fixture(scope="module")
 def detect_bundle(tmp_path_factory):
-    import keras
-
-    from quantize.detect.model import EDGE_SPEC, build_detector
-
-    keras.utils.set_random_seed(0)
-    root = tmp_path_factory.mktemp("detb")
-    model = build_detector((64, 64, 3), len(synth.LABELS), EDGE_SPEC)
-    model.save(root / "cloud.keras")
-    man = Manifest(task="detect", name="shapes_det", labels=synth.LABELS, input=InputSpec(height=64, width=64),
-                   preprocess=PreprocessSpec(), models={"cloud": ModelFile(file="cloud.keras", format="keras")},
-                   detection=DetectionSpec(max_detections=10, min_score=0.0, report_score=0.0))
-    return write_bundle(root / "bundle", man, {"cloud.keras": root / "cloud.keras"}).path
+    return make_detect_bundle(tmp_path_factory.mktemp("detb"), int8=False)
 
 
 @pytest.fixture(scope="module")
