@@ -28,9 +28,9 @@ from .upload import Staged, Upload
 
 __all__ = [
     # the classifier and its answers
-    "HybridClassifier", "Prediction",
+    "HybridClassifier", "Prediction", "Reason", "Stats", "LatencySummary", "ModelState",
     # the detector and its answers
-    "HybridDetector", "DetectorOptions", "DetectionResult", "Detection", "Reason", "Stats", "LatencySummary", "ModelState",
+    "HybridDetector", "DetectorOptions", "DetectionResult", "Detection",
     # options
     "HybridOptions", "HybridOverrides", "RoutingOptions", "CloudOptions", "EdgeOptions", "Mode", "Metric", "Upload",
     # capacity, breaker, updates
