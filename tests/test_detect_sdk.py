@@ -99,3 +99,16 @@ def test_a_classify_bundle_is_refused(tmp_path):
     assert load_bundle(path).manifest.task == "classify"
     with pytest.raises(BundleError, match="not a detect bundle"):
         HybridDetector.from_bundle(path, mode="edge_only")
+
+
+def test_evaluate_against_the_service(bundle, url, tmp_path):
+    from quantize.detect.annotations import write_yolo
+    from quantize.detect.evaluate import evaluate_detector
+
+    data = write_yolo(synth.make_set("test", 6), tmp_path / "photos")
+    rep = evaluate_detector(bundle, str(data), out_dir=tmp_path / "ev", progress=False, cloud_url=url)
+    rows = {r["name"]: r for r in rep["rows"]}
+    assert rep["cloud"]["where"] == "http" and rep["data"]["n"] == 6
+    assert rows["cloud-only"]["offload"] == 1.0 and rows["edge-only"]["offload"] == 0.0
+    assert rows["hybrid"]["offload"] == 0.0  # the bundle's threshold keeps every frame on the edge
+    assert (tmp_path / "ev" / "detections.png").stat().st_size > 1000

@@ -29,11 +29,13 @@ def add_arguments(p) -> None:
 def run_detect(args, out: str) -> int:
     from ..detect.evaluate import Row, evaluate_detector, format_table
 
-    r = evaluate_detector(args.bundle, args.data, out_dir=out, progress=not args.quiet, skip_bad=args.skip_bad)
+    r = evaluate_detector(args.bundle, args.data, out_dir=out, progress=not args.quiet, skip_bad=args.skip_bad,
+                          cloud_url=args.cloud_url, api_key=os.environ.get(args.api_key_env) or None)
     rows = [Row(**row) for row in r["rows"]]
     ro = r["routing"]
     print(format_table(rows, f"{r['name']} on {r['data']['source']} ({r['data']['split']}): {r['data']['n']} images, "
-                             f"{r['data']['boxes']} boxes; cloud model in-process; hybrid = edge boxes when "
+                             f"{r['data']['boxes']} boxes; cloud {args.cloud_url or 'model in-process'}; "
+                             f"hybrid = edge boxes when "
                              f"{ro['metric']} <= {ro['threshold']:.4g}"))
     print("per-class AP@0.5 (edge / cloud / hybrid): " + ", ".join(
         f"{c} {rows[0].per_class_ap50.get(c, float('nan')):.3f}/{rows[1].per_class_ap50.get(c, float('nan')):.3f}/"

@@ -98,6 +98,27 @@ def cloud_pass(bundle: Bundle, ds: DetectionSet, progress: bool) -> Run:
     return Run(in_original(dets, ds, man.input, man.preprocess), np.full(len(dets), per))
 
 
+def sdk_pass(bundle: Bundle, ds: DetectionSet, mode: str, cloud_url: str, api_key: str | None,
+             progress: bool) -> tuple[Run, np.ndarray]:
+    """HybridDetector.predict per frame against a running server: (the run, which frames the cloud answered)."""
+    from tqdm.auto import tqdm
+
+    from edge_sdk.hybrid_detector import HybridDetector
+
+    dets, ms, cloud = [], [], []
+    with HybridDetector.from_bundle(bundle, cloud_url=cloud_url, api_key=api_key, mode=mode, probes=[],
+                                    min_score=0.0, deadline_ms=10_000.0) as det:
+        for r in tqdm(ds.records, desc=f"sdk {mode}", unit="img", disable=not progress, leave=False):
+            res = det.predict(r.pixels if r.pixels is not None else r.path, color="rgb")
+            d = res.detections
+            dets.append(Detections(np.array([x.box for x in d], np.float32).reshape(-1, 4),
+                                   np.array([x.score for x in d], np.float32), np.array([x.class_id for x in d],
+                                                                                       np.int64)))
+            ms.append(res.latency_ms["total"])
+            cloud.append(res.source == "cloud")
+    return Run(dets, np.asarray(ms)), np.asarray(cloud, bool)
+
+
 @dataclass
 class Row:
     name: str
@@ -150,7 +171,8 @@ def draw_examples(ds: DetectionSet, edge: Run, cloud: Run, use_cloud: np.ndarray
 
 
 def evaluate_detector(bundle_path: str | Path | Bundle, data: str, *, out_dir: str | Path | None = None,
-                      progress: bool = True, skip_bad: bool = False) -> dict[str, Any]:
+                      progress: bool = True, skip_bad: bool = False, cloud_url: str | None = None,
+                      api_key: str | None = None) -> dict[str, Any]:
     """Score edge-only, cloud-only and hybrid; write report.json, the curve plot and a picture to ``out_dir``."""
     from ..calibrate import plot_curves
     from .calibrate import calibrate
@@ -160,25 +182,32 @@ def evaluate_detector(bundle_path: str | Path | Bundle, data: str, *, out_dir: s
         raise DetectEvaluateError(f"{bundle.path}: needs a detect bundle with an int8 edge model (run quantize first)")
     t0 = time.perf_counter()
     ds, split = resolve_data(bundle, data, skip_bad)
-    edge, cloud = edge_pass(bundle, ds, progress), cloud_pass(bundle, ds, progress)
+    edge = edge_pass(bundle, ds, progress)
+    if cloud_url:
+        cloud, _ = sdk_pass(bundle, ds, "cloud_only", cloud_url, api_key, progress)
+        hybrid, use_cloud = sdk_pass(bundle, ds, "auto", cloud_url, api_key, progress)
+    else:
+        cloud = cloud_pass(bundle, ds, progress)
     gt = cocoeval.ground_truth_from(ds.records, bundle.labels)
     m_edge = cocoeval.Matched(gt, edge.dets)
     m_cloud = cocoeval.Matched(gt, cloud.dets, m_edge.coco_gt)
     r = bundle.manifest.routing
     u = np.array([frame_uncertainty(d.scores, r.metric) for d in edge.dets])
-    use_cloud = u > r.threshold
+    if not cloud_url:
+        use_cloud = u > r.threshold
+        hybrid = Run([cloud.dets[i] if c else edge.dets[i] for i, c in enumerate(use_cloud)],
+                     edge.ms + np.where(use_cloud, cloud.ms, 0.0))
     rows = []
-    for name, pick, ms in (("edge-only", np.zeros(len(u), bool), edge.ms), ("cloud-only", np.ones(len(u), bool),
-                                                                            cloud.ms),
-                           ("hybrid", use_cloud, edge.ms + np.where(use_cloud, cloud.ms, 0.0))):
-        s = cocoeval.mixed(m_edge, m_cloud, pick)
-        rows.append(Row(name, len(u), s.map50, s.map, float(pick.mean()), float(ms.mean()),
-                        float(np.percentile(ms, 95)), s.per_class_ap50))
+    for name, run, off in (("edge-only", edge, 0.0), ("cloud-only", cloud, 1.0), ("hybrid", hybrid, use_cloud.mean())):
+        s = cocoeval.score(gt, run.dets)
+        rows.append(Row(name, len(u), s.map50, s.map, float(off), float(run.ms.mean()),
+                        float(np.percentile(run.ms, 95)), s.per_class_ap50))
     report: dict[str, Any] = {
         "bundle": str(bundle.path), "name": bundle.manifest.name, "task": "detect", "labels": bundle.labels,
         "data": {"source": ds.source, "split": split, "n": len(ds.records), "boxes": ds.num_boxes,
                  "bad_annotations": len(ds.bad)},
         "routing": {"metric": r.metric, "threshold": r.threshold},
+        "cloud": {"where": "http" if cloud_url else "in-process", "url": cloud_url},
         "rows": [row.as_dict() for row in rows],
         "model_bytes": {k: bundle.model_path(k).stat().st_size for k in ("edge", "cloud") if bundle.has(k)},
     }
