@@ -112,3 +112,25 @@ def test_evaluate_against_the_service(bundle, url, tmp_path):
     assert rows["cloud-only"]["offload"] == 1.0 and rows["edge-only"]["offload"] == 0.0
     assert rows["hybrid"]["offload"] == 0.0  # the bundle's threshold keeps every frame on the edge
     assert (tmp_path / "ev" / "detections.png").stat().st_size > 1000
+
+
+def test_camera_example_draws_the_boxes(bundle, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    video, out = tmp_path / "clip.avi", tmp_path / "boxed.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (200, 120))
+    for i in range(4):
+        w.write(frame(i))
+    w.release()
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(repo / "examples" / "camera_loop.py"), str(bundle), "--source", str(video),
+                        "--no-window", "--out", str(out), "--print"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("10 objects\tedge\tedge_only") == 4
+    cap = cv2.VideoCapture(str(out))
+    ok, shown = cap.read()
+    cap.release()
+    assert ok and shown.shape == (120, 200, 3)
+    assert np.abs(shown.astype(int) - frame(0).astype(int)).mean() > 1  # boxes and banner drawn on the frame
