@@ -17,6 +17,7 @@ def add_arguments(p) -> None:
     p.add_argument("--edge-width", type=float, default=0.25, help="width of the little edge CNN (big/little) [0.25]")
     p.add_argument("--upload", choices=("jpeg", "original", "tensor"), default="jpeg",
                    help="what the edge SDK sends to the cloud [jpeg]")
+    p.add_argument("--no-detect", action="store_true", help="skip the detection section")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -30,6 +31,6 @@ def run(args) -> int:
         raise DemoError(f"--epochs must be at least 1, not {epochs}")
     cfg = DemoConfig(out=args.out, epochs=epochs, patience=3 if args.quick else 6, quick=args.quick,
                      bundle=args.bundle, reuse=args.reuse, edge_width=args.edge_width, upload=args.upload,
-                     progress=not args.quiet)
+                     progress=not args.quiet, detect=not args.no_detect)
     print_summary(run_demo(cfg))
     return 0
