@@ -231,26 +231,21 @@ def _check_content_type(scope: Scope, allowed: frozenset, allow_missing: bool = 
 
 
 def _int_param(q: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = q.get(name)
-    if raw is None:
-        return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise ApiError(400, f"invalid query.{name}: {raw!r} is not an integer") from None
-    if not lo <= v <= hi:
-        raise ApiError(400, f"invalid query.{name}: must be between {lo} and {hi}")
-    return v
+    return _num_param(q, name, default, lo, hi, int, "an integer")
 
 
 def _float_param(q: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    return _num_param(q, name, default, lo, hi, float, "a number")
+
+
+def _num_param(q: dict[str, str], name: str, default, lo, hi, cast, what: str):
     raw = q.get(name)
     if raw is None:
         return default
     try:
-        v = float(raw)
+        v = cast(raw)
     except ValueError:
-        raise ApiError(400, f"invalid query.{name}: {raw!r} is not a number") from None
+        raise ApiError(400, f"invalid query.{name}: {raw!r} is not {what}") from None
     if not lo <= v <= hi:
         raise ApiError(400, f"invalid query.{name}: must be between {lo:g} and {hi:g}")
     return v
