@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench bench-detect
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ bench: venv
 	$(PY) benchmarks/quantize_bench.py
 	$(PY) benchmarks/edge_bench.py
 	$(PY) benchmarks/cloud_bench.py
+
+# Detection targets on the built-in shapes set; BUNDLE=a trained, quantized detect bundle, else it trains one (slow)
+bench-detect: venv
+	$(PY) benchmarks/detect_bench.py $(if $(BUNDLE),--bundle $(BUNDLE))
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .hypothesis
