@@ -96,7 +96,7 @@ class Manifest(BaseModel):
         if self.task == "classify" and len(self.labels) < 2:
             raise ValueError("a classifier needs at least 2 labels")
         if self.task == "detect" and self.detection is None:
-            self.detection = DetectionSpec()
+            self.detection = DetectionSpec.model_validate({})
         if self.task == "classify" and self.detection is not None:
             raise ValueError("'detection' is only for task 'detect'")
         return self

@@ -58,7 +58,8 @@ def local_peaks(heat: np.ndarray) -> np.ndarray:
         for dx in (0, 1, 2):
             if dy != 1 or dx != 1:
                 np.maximum(pooled, pad[dy: dy + h, dx: dx + w], out=pooled)
-    return heat >= pooled
+    peaks: np.ndarray = heat >= pooled
+    return peaks
 
 
 def peak_scores(heat: np.ndarray, k: int, min_score: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +111,7 @@ def _model_to_image(mode: str, model_hw: tuple[int, int], image_hw: tuple[int, i
 def to_original(boxes: np.ndarray, mode: str, model_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
     """Boxes in model-input pixels -> pixels of the original image, undoing ``edge_sdk.preprocess.resize``; clipped."""
     sx, sy, ox, oy = _model_to_image(mode, model_hw, image_hw)
-    b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    b: np.ndarray = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
     b[:, [0, 2]] = (b[:, [0, 2]] * sx + ox).clip(0, image_hw[1])
     b[:, [1, 3]] = (b[:, [1, 3]] * sy + oy).clip(0, image_hw[0])
     return b
@@ -119,7 +120,7 @@ def to_original(boxes: np.ndarray, mode: str, model_hw: tuple[int, int], image_h
 def to_model(boxes: np.ndarray, mode: str, model_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
     """Original-image pixels -> model-input pixels (training targets): the inverse of :func:`to_original`."""
     sx, sy, ox, oy = _model_to_image(mode, model_hw, image_hw)
-    b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    b: np.ndarray = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
     b[:, [0, 2]] = (b[:, [0, 2]] - ox) / sx
     b[:, [1, 3]] = (b[:, [1, 3]] - oy) / sy
     return b
@@ -208,7 +209,7 @@ def parse_served(body: Any, n: int, num_classes: int) -> list[Detections]:
     return out
 
 
-def _served_array(t: dict, name: str) -> np.ndarray:
+def _served_array(t: dict[str, Any], name: str) -> np.ndarray:
     try:
         a = np.asarray(t["data"], np.float64).reshape([int(d) for d in t["shape"]])
     except (KeyError, TypeError, ValueError):

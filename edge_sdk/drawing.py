@@ -20,7 +20,7 @@ def color_of(cls: int) -> tuple[int, int, int]:
 def draw_boxes(rgb: np.ndarray, boxes: np.ndarray, classes: Sequence[int], labels: Sequence[str],
                scores: Sequence[float] | None = None, *, bgr: bool = False, thickness: int = 1) -> np.ndarray:
     """A copy of ``rgb`` (or a BGR frame with ``bgr=True``) with each box outlined and captioned."""
-    out = np.ascontiguousarray(rgb).copy()
+    out: np.ndarray = np.ascontiguousarray(rgb).copy()
     h = out.shape[0]
     scale = max(0.3, min(1.0, h / 640))
     for k, (b, c) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), classes, strict=True)):

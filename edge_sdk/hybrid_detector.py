@@ -116,6 +116,8 @@ class DetectorEdge:
         if model.input_shape != want or model.num_classes != len(man.labels):
             raise ModelLoadError(f"edge detector input {model.input_shape} / {model.num_classes} classes does not "
                                  f"match the bundle's {want} / {len(man.labels)} labels")
+        if man.detection is None:
+            raise BundleError(f"{bundle.path}: a detect bundle's manifest has no 'detection' section")
         self.model, self.spec = model, man.detection
         self.pixels = PixelQuantizer(man.input, man.preprocess, model.input_quant)
 
