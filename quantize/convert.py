@@ -27,7 +27,8 @@ Quantizer = Literal["tflite-converter", "ai-edge-quantizer"]
 def input_shape(model) -> tuple[int, int, int]:
     """(H, W, C) of a model that takes one NHWC image batch of fixed size."""
     if len(model.inputs) != 1:
-        raise ConversionError(f"model {model.name!r} has {len(model.inputs)} inputs; the edge model takes one image tensor")
+        raise ConversionError(f"model {model.name!r} has {len(model.inputs)} inputs; "
+                              "the edge model takes one image tensor")
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or any(d is None for d in shape[1:]):
         raise ConversionError(f"model input shape {shape} is not (batch, height, width, channels) with fixed sizes")
