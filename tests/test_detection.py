@@ -103,6 +103,11 @@ def test_mixed_equals_scoring_the_mixed_answers():
     direct = cocoeval.score(gt, [p if u else w for p, w, u in zip(perfect, wrong, use_cloud, strict=True)])
     assert mixed.map50 == pytest.approx(direct.map50) and mixed.map == pytest.approx(direct.map)
     assert 0 < mixed.map50 < 1
+    # mixing again (in any order) reads each model's own matches, never the last mix
+    all_cloud = cocoeval.mixed(m_edge, m_cloud, np.ones(6, bool))
+    all_edge = cocoeval.mixed(m_edge, m_cloud, np.zeros(6, bool))
+    assert all_cloud.map50 == pytest.approx(1.0) and all_edge.map50 == pytest.approx(cocoeval.score(gt, wrong).map50)
+    assert cocoeval.mixed(m_edge, m_cloud, use_cloud).map50 == pytest.approx(direct.map50)
 
 
 def test_manifest_task_is_backward_compatible():

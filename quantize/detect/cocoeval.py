@@ -71,6 +71,7 @@ class Matched:
         self.e = COCOeval(self.coco_gt, _coco_dt(self.coco_gt, preds), "bbox")
         with contextlib.redirect_stdout(io.StringIO()):
             self.e.evaluate()
+        self.eval_imgs = list(self.e.evalImgs)  # this model's own matches; accumulate() reads e.evalImgs
         self.n_images = len(gt.boxes)
 
 
@@ -115,7 +116,7 @@ def _accumulate(m: Matched, eval_imgs: list) -> DetectionScores:
 def score(gt: GroundTruth, preds: Sequence[Detections]) -> DetectionScores:
     """mAP@0.5, mAP@[.5:.95] and per-class AP of one set of predictions."""
     m = Matched(gt, preds)
-    return _accumulate(m, m.e.evalImgs)
+    return _accumulate(m, m.eval_imgs)
 
 
 def mixed(edge: Matched, cloud: Matched, use_cloud: np.ndarray) -> DetectionScores:
@@ -125,8 +126,8 @@ def mixed(edge: Matched, cloud: Matched, use_cloud: np.ndarray) -> DetectionScor
     if use_cloud.shape != (n,) or cloud.n_images != n:
         raise ValueError("edge, cloud and use_cloud must cover the same images")
     # evalImgs is ordered [category][area range][image]; image ids are 1..n in order
-    picks = np.tile(use_cloud, len(edge.e.evalImgs) // n)
-    eval_imgs = [c if pick else e for e, c, pick in zip(edge.e.evalImgs, cloud.e.evalImgs, picks, strict=True)]
+    picks = np.tile(use_cloud, len(edge.eval_imgs) // n)
+    eval_imgs = [c if pick else e for e, c, pick in zip(edge.eval_imgs, cloud.eval_imgs, picks, strict=True)]
     return _accumulate(edge, eval_imgs)
 
 
