@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.metadata
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,10 +28,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from edge_sdk import binary
 from edge_sdk.bundle import Bundle, load_bundle
 from edge_sdk.detection import SERVED_OUTPUTS
 from edge_sdk.errors import BundleError, InvalidImageError
 from edge_sdk.preprocess import cv2
+from edge_sdk.protocol import RepositoryModel, ServerMetadata
 
 from . import docs, image_endpoints
 from .batching import Batcher, BatcherClosedError, QueueFullError
@@ -45,7 +49,10 @@ from .state import EdgeArtifact, ServedModel, ServiceState
 
 log = logging.getLogger("hybrid_vision.cloud")
 
-BundlesArg = Union[Mapping[str, str | os.PathLike | Bundle], Sequence[str | os.PathLike | Bundle]]
+SERVER_NAME = "hybrid-vision"
+EXTENSIONS = (binary.EXTENSION,)  # what GET /v2 lists; the SDK sends binary tensors only where this is listed
+
+BundlesArg = Mapping[str, str | os.PathLike | Bundle] | Sequence[str | os.PathLike | Bundle]
 
 
 def load_models(bundles: BundlesArg, settings: Settings) -> dict[str, CloudModel]:
@@ -172,6 +179,17 @@ async def _warm_up(state: ServiceState) -> None:
 
 
 def _add_routes(app: FastAPI, state: ServiceState) -> None:
+    _add_server_routes(app, state)
+    _add_model_routes(app, state)
+    _add_operations_routes(app, state)
+
+
+def _add_server_routes(app: FastAPI, state: ServiceState) -> None:
+    @app.get("/v2", tags=["health"], response_model=ServerMetadata)
+    async def server_metadata() -> dict:
+        """The server and the protocol extensions it speaks (`binary_tensor_data`: Inference-Header-Content-Length)."""
+        return {"name": SERVER_NAME, "version": _server_version(), "extensions": list(EXTENSIONS)}
+
     @app.get("/v2/health/live", tags=["health"])
     async def live() -> dict:
         return {"live": True}
@@ -182,23 +200,39 @@ def _add_routes(app: FastAPI, state: ServiceState) -> None:
             return {"ready": True}
         raise ApiError(503, f"not ready: {state.not_ready_reason()}", {"Retry-After": "1"})
 
+    @app.post("/v2/repository/index", tags=["models"], response_model=list[RepositoryModel],
+              openapi_extra=docs.REPOSITORY_INDEX_BODY)
+    async def repository_index(request: Request) -> list[dict]:
+        """The served models and whether each is ready; body `{"ready": true}` lists only the ready ones."""
+        only_ready = _ready_filter(await request.body())
+        entries = [_index_entry(state, sm) for sm in state.models.values()]
+        return [e for e in entries if e["state"] == "READY" or not only_ready]
+
+
+def _add_model_routes(app: FastAPI, state: ServiceState) -> None:
     @app.get("/v2/models/{name}", tags=["models"])
     async def model_metadata(name: str) -> dict:
         return state.resolve(name).metadata()
 
+    @app.get("/v2/models/{name}/versions/{version}", tags=["models"])
+    async def model_version_metadata(name: str, version: str) -> dict:
+        return state.resolve(name, version).metadata()
+
     @app.get("/v2/models/{name}/ready", tags=["models"])
     async def model_ready(name: str):
-        sm = state.resolve(name)
-        if sm.model.ready.is_set() and not state.draining:
-            return {"name": name, "ready": True}
-        raise ApiError(503, f"model {name!r} is not ready: {state.not_ready_reason()}", {"Retry-After": "1"})
+        return _model_ready(state, state.resolve(name))
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["models"])
+    async def model_version_ready(name: str, version: str):
+        return _model_ready(state, state.resolve(name, version))
 
     @app.get("/v1/models/{name}/edge", tags=["models"], responses={
         200: {"content": {"application/octet-stream": {}, "application/json": {}},
               "description": "the edge model bytes (ETag = its sha256), or with ?part=manifest its manifest as JSON"},
         304: {"description": "If-None-Match matched: the client already has this version"}})
     async def edge_model(name: str, request: Request,
-                         part: Literal["model", "manifest"] = Query("model", description="'model' (bytes) or 'manifest'")):
+                         part: Literal["model", "manifest"] = Query(
+                             "model", description="'model' (bytes) or 'manifest'")):
         sm = state.resolve(name)
         if sm.edge is None:
             raise ApiError(404, f"model {name!r} has no edge model in its bundle (run `hybrid-vision quantize` on it)")
@@ -213,11 +247,46 @@ def _add_routes(app: FastAPI, state: ServiceState) -> None:
         headers["Content-Disposition"] = f'attachment; filename="{e.file}"'
         return Response(e.data, media_type="application/octet-stream", headers=headers)
 
+
+
+def _add_operations_routes(app: FastAPI, state: ServiceState) -> None:
     @app.get("/metrics", tags=["operations"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}}})
     async def metrics():
         body, ctype = state.metrics.render()
         return Response(body, media_type=ctype)
+
+
+def _model_ready(state: ServiceState, sm: ServedModel) -> dict:
+    if sm.model.ready.is_set() and not state.draining:
+        return {"name": sm.name, "ready": True}
+    raise ApiError(503, f"model {sm.name!r} is not ready: {state.not_ready_reason()}", {"Retry-After": "1"})
+
+
+def _index_entry(state: ServiceState, sm: ServedModel) -> dict:
+    ready = sm.model.ready.is_set() and not state.draining
+    return {"name": sm.name, "version": sm.version, "state": "READY" if ready else "UNAVAILABLE",
+            "reason": "" if ready else state.not_ready_reason()}
+
+
+def _ready_filter(body: bytes) -> bool:
+    """The index request's ``ready`` flag: an empty body (as tritonclient sends) or ``{}`` means all models."""
+    if not body.strip():
+        return False
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "repository index body is not valid JSON") from None
+    if not isinstance(doc, dict) or set(doc) - {"ready"} or not isinstance(doc.get("ready", False), bool):
+        raise ApiError(400, 'repository index body must be {"ready": true|false}, {} or empty')
+    return doc.get("ready", False)
+
+
+def _server_version() -> str:
+    try:
+        return importlib.metadata.version("hybrid-vision")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

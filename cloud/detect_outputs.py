@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_sdk import binary
+
 from .detect_model import DetectCloudModel, unpack
 
 DATATYPES = {"boxes": "FP32", "scores": "FP32", "classes": "INT64", "count": "INT32"}
@@ -37,11 +39,22 @@ def detection_arrays(model: DetectCloudModel, packed: np.ndarray,
 
 
 def infer_outputs(model: DetectCloudModel, packed: np.ndarray, sizes: Sequence[tuple[int, int]],
-                  asked: Sequence[str]) -> list[dict[str, Any]]:
-    """The v2 infer ``outputs`` list (JSON data), in the order asked."""
+                  asked: Sequence[str], as_binary: frozenset[str] = frozenset()
+                  ) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """(the v2 infer ``outputs`` list in the order asked, the binary data of those in ``as_binary``, in order)."""
     arrays = detection_arrays(model, packed, sizes)
-    return [{"name": name, "datatype": DATATYPES[name], "shape": list(arrays[name].shape),
-             "data": arrays[name].ravel().tolist()} for name in asked]
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name in asked:
+        tensor: dict[str, Any] = {"name": name, "datatype": DATATYPES[name], "shape": list(arrays[name].shape)}
+        if name in as_binary:
+            raw = binary.numeric_bytes(arrays[name], DATATYPES[name])
+            tensor["parameters"] = {binary.SIZE_PARAM: len(raw)}
+            blobs.append(raw)
+        else:
+            tensor["data"] = arrays[name].ravel().tolist()
+        outputs.append(tensor)
+    return outputs, blobs
 
 
 def detect_body(name: str, model: DetectCloudModel, row: np.ndarray, size: tuple[int, int],

@@ -7,9 +7,10 @@ exactly as it describes the routes it serves itself.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI, Query
+from fastapi import APIRouter, FastAPI, Header, Query
 from fastapi.openapi.utils import get_openapi
 
+from edge_sdk.binary import HEADER_LENGTH
 from edge_sdk.detection import DetectResponse
 from edge_sdk.protocol import ClassifyResponse, ErrorBody, InferRequest, InferResponse
 
@@ -18,7 +19,24 @@ IMAGE_BODY = {"requestBody": {"required": True, "content": {
     t: {"schema": {"type": "string", "format": "binary"}}
     for t in ("image/png", "image/jpeg", "image/bmp", "image/webp", "application/octet-stream")}}}
 INFER_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}}
+    "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+BINARY_ANSWER = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                 "description": "binary tensor data: the JSON InferResponse (its length in the "
+                                f"{HEADER_LENGTH} response header), then the outputs' raw data"}
+INFER_RESPONSES = {**ERRORS, 200: BINARY_ANSWER}
+INFER_DOC = """KServe v2 inference: encoded images (BYTES) or a UINT8/FP32 NHWC tensor named `image`;
+outputs `probabilities` FP32 [N, C] and `label` BYTES [N], or for a detect bundle `boxes` FP32 [N, K, 4],
+`scores` FP32 [N, K], `classes` INT64 [N, K] and `count` INT32 [N].
+
+JSON (`application/json`): BYTES elements are base64 strings. Binary tensor data (Triton's
+`binary_tensor_data` extension, the tritonclient and kserve default): the body is the JSON request, its
+length in `Inference-Header-Content-Length`, then each input's raw data (`parameters.binary_data_size`
+bytes: little-endian numbers, or BYTES elements each after its 4-byte little-endian length). Outputs with
+`parameters.binary_data` (or all, with the request's `parameters.binary_data_output`) come back the same way.
+Unknown top-level fields (`model_name`, ...) are ignored."""
+REPOSITORY_INDEX_BODY = {"requestBody": {"required": False, "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"ready": {"type": "boolean"}}, "additionalProperties": False}}}}}
 
 
 def hot_routes(bench: bool) -> APIRouter:
@@ -37,12 +55,16 @@ def hot_routes(bench: bool) -> APIRouter:
                                                      "[the bundle's report_score]")):
         """Detect the objects in one image sent as the raw body (a detect bundle); boxes in its pixels."""
 
-    @router.post("/v2/models/{name}/infer", tags=["models"], response_model=InferResponse, responses=ERRORS,
-                 openapi_extra=INFER_BODY)
-    async def infer(name: str):
-        """KServe v2 inference: encoded images (BYTES, base64) or a UINT8/FP32 NHWC tensor named `image`;
-        outputs `probabilities` FP32 [N, C] and `label` BYTES [N], or for a detect bundle `boxes` FP32
-        [N, K, 4], `scores` FP32 [N, K], `classes` INT64 [N, K] and `count` INT32 [N]."""
+    @router.post("/v2/models/{name}/infer", tags=["models"], response_model=InferResponse,
+                 responses=INFER_RESPONSES, openapi_extra=INFER_BODY, description=INFER_DOC)
+    async def infer(name: str, length: int | None = Header(None, alias=HEADER_LENGTH, ge=1)):
+        """KServe v2 inference."""
+
+    @router.post("/v2/models/{name}/versions/{version}/infer", tags=["models"], response_model=InferResponse,
+                 responses=INFER_RESPONSES, openapi_extra=INFER_BODY, description=INFER_DOC)
+    async def infer_version(name: str, version: str,
+                            length: int | None = Header(None, alias=HEADER_LENGTH, ge=1)):
+        """KServe v2 inference on a named version (the one the model's metadata lists)."""
 
     if bench:
         @router.post("/v1/noop", tags=["benchmark"], responses=ERRORS, openapi_extra=IMAGE_BODY)

@@ -2,10 +2,15 @@
 
 Measured on 2 cores, FastAPI's routing, dependency solving and Request object
 cost about as much event-loop time per request as everything else the service
-does for a small image; here the three hot endpoints parse their own path,
-query and body (still behind the key, rate, size and metrics middlewares) and
-everything else goes on to FastAPI. Their OpenAPI description lives in
-``cloud.docs``.
+does for a small image; here the hot endpoints (classify, infer with or without
+a version in the path, the bench's noop) parse their own path, query and body
+(still behind the key, rate, size and metrics middlewares) and everything else
+goes on to FastAPI. Their OpenAPI description lives in ``cloud.docs``.
+
+Infer reads JSON (``application/json``, with or without a charset) or the
+binary tensor data extension (an ``Inference-Header-Content-Length`` header,
+usually with ``application/octet-stream``), and answers in binary the outputs
+the request asks so (``cloud.outputs``).
 
 Decoding normally runs in the decode thread pool. An image whose header says
 it is tiny (``inline_decode_max_pixels``, 64x64 by default) is decoded on the
@@ -23,41 +28,47 @@ from urllib.parse import parse_qsl
 import numpy as np
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from edge_sdk.binary import HEADER_LENGTH
 from edge_sdk.imageinfo import read_info
-from edge_sdk.protocol import LABEL_OUTPUT, PROBS_OUTPUT
 
 from .detect_model import DetectCloudModel
-from .detect_outputs import detect_body, infer_outputs
+from .detect_outputs import detect_body
 from .errors import ApiError, describe
-from .inputs import image_tensor, parse_infer
+from .inputs import ParsedInfer, image_tensor, parse_infer
+from .outputs import encode_answer, infer_document
 from .state import ServedModel, ServiceState
 
 log = logging.getLogger("hybrid_vision.cloud")
 
 IMAGE_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "image/bmp", "image/x-ms-bmp", "image/webp",
                          "application/octet-stream"})
-JSON_TYPES = frozenset({"application/json"})
-TEMPLATES = {"classify": "/v1/classify", "infer": "/v2/models/{name}/infer", "noop": "/v1/noop",
+INFER_TYPES = frozenset({"application/json", "application/octet-stream"})
+JSON_CHARSETS = frozenset({"utf-8", "utf8"})
+TEMPLATES = {"classify": "/v1/classify", "infer": "/v2/models/{name}/infer",
+             "infer_version": "/v2/models/{name}/versions/{version}/infer", "noop": "/v1/noop",
              "detect": "/v1/detect"}
 LARGE_JSON_VALUES = 20_000  # infer responses bigger than this are serialized in the pool
+_HEADER_LENGTH = HEADER_LENGTH.lower().encode("latin-1")
 
 
 class ClientGone(Exception):
     """The client disconnected before its body arrived; there is no one to answer."""
 
 
-def match(path: str, bench: bool) -> tuple[str, str | None] | None:
-    """("classify" | "infer" | "noop", model name in the path) for a hot endpoint, else None."""
+def match(path: str, bench: bool) -> tuple[str, str | None, str | None] | None:
+    """(kind, model name, model version) for a hot endpoint, else None; kind is a key of TEMPLATES."""
     if path == "/v1/classify":
-        return "classify", None
+        return "classify", None, None
     if path == "/v1/detect":
-        return "detect", None
+        return "detect", None, None
     if path.startswith("/v2/models/") and path.endswith("/infer"):
-        name = path[len("/v2/models/"):-len("/infer")]
-        if name and "/" not in name:
-            return "infer", name
+        parts = path[len("/v2/models/"):-len("/infer")].split("/")
+        if len(parts) == 1 and parts[0]:
+            return "infer", parts[0], None
+        if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+            return "infer_version", parts[0], parts[2]
     if bench and path == "/v1/noop":
-        return "noop", None
+        return "noop", None, None
     return None
 
 
@@ -78,14 +89,15 @@ class ImageEndpoints:
         if hit is None:
             await self.app(scope, receive, send)
             return
-        kind, name = hit
+        kind, name, version = hit
         if scope["method"] != "POST":
             await _send(send, 405, _error(f"method {scope['method']} is not allowed on {scope['path']}"),
                         {"Allow": "POST"})
             return
+        headers: dict[str, str] = {}
         try:
-            if kind == "infer":
-                body = await self.infer(scope, receive, name)
+            if name is not None:
+                body, headers = await self.infer(scope, receive, name, version)
             elif kind == "classify":
                 body = await self.classify(scope, receive)
             elif kind == "detect":
@@ -102,10 +114,10 @@ class ImageEndpoints:
                           exc_info=e)
                 await _send(send, 500, _error("internal server error"))
                 return
-            status, message, headers = known
-            await _send(send, status, _error(message), headers)
+            status, message, err_headers = known
+            await _send(send, status, _error(message), err_headers)
             return
-        await _send(send, 200, body)
+        await _send(send, 200, body, headers)
 
     # --- endpoints -------------------------------------------------------
 
@@ -120,34 +132,25 @@ class ImageEndpoints:
         probs = await sm.batcher.infer(self._prepare_image(sm, data))
         return classify_body(sm, probs[0], top_k)
 
-    async def infer(self, scope: Scope, receive: Receive, name: str) -> bytes:
-        sm = self.state.resolve(name)
-        _check_content_type(scope, JSON_TYPES, allow_missing=True)
+    async def infer(self, scope: Scope, receive: Receive, name: str,
+                    version: str | None) -> tuple[bytes, dict[str, str]]:
+        sm = self.state.resolve(name, version)
+        _check_infer_type(scope)
+        header_length = _header(scope, _HEADER_LENGTH)
         data = await read_body(receive, self.limit)
-        parsed = None
+        parsed: ParsedInfer | None = None
 
         async def prepare() -> np.ndarray:
             nonlocal parsed
-            parsed = await self.state.in_pool(parse_infer, data, sm.spec)
+            parsed = await self.state.in_pool(parse_infer, data, sm.spec, header_length)
             return parsed.x
 
         probs = await sm.batcher.infer(prepare)
-        if isinstance(sm.model, DetectCloudModel):
-            doc = {"model_name": sm.name, "model_version": sm.model.manifest.version, "id": parsed.id,
-                   "outputs": infer_outputs(sm.model, probs, parsed.sizes, parsed.outputs)}
-            return await self.state.in_pool(_dumps, doc)
-        outputs = []
-        if PROBS_OUTPUT in parsed.outputs:
-            outputs.append({"name": PROBS_OUTPUT, "datatype": "FP32", "shape": list(probs.shape),
-                            "data": probs.ravel().tolist()})
-        if LABEL_OUTPUT in parsed.outputs:
-            labels = sm.model.labels
-            outputs.append({"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [len(probs)],
-                            "data": [labels[i] for i in probs.argmax(1)]})
-        doc = {"model_name": sm.name, "model_version": sm.model.manifest.version, "id": parsed.id, "outputs": outputs}
-        if probs.size > LARGE_JSON_VALUES:
-            return await self.state.in_pool(_dumps, doc)
-        return _dumps(doc)
+        assert parsed is not None  # set by prepare, which the batcher awaited before the model ran
+        doc, blobs = infer_document(sm, parsed, probs)
+        if not blobs and probs.size > LARGE_JSON_VALUES:
+            return await self.state.in_pool(encode_answer, doc, blobs)
+        return encode_answer(doc, blobs)
 
     async def detect(self, scope: Scope, receive: Receive) -> bytes:
         """One raw image -> JSON boxes in its pixels (a detect bundle's model)."""
@@ -190,7 +193,7 @@ def classify_body(sm: ServedModel, p: np.ndarray, top_k: int) -> bytes:
     if not all(map(math.isfinite, conf)):
         raise RuntimeError(f"{sm.name}: the model gave a non-finite probability")
     labels = sm.labels_json
-    top = ",".join(f'{{"label":{labels[i]},"confidence":{c!r}}}' for i, c in zip(order, conf))
+    top = ",".join(f'{{"label":{labels[i]},"confidence":{c!r}}}' for i, c in zip(order, conf, strict=True))
     return (f'{{"model_name":{sm.name_json},"label":{labels[order[0]]},"confidence":{conf[0]!r},'
             f'"top_k":[{top}]}}').encode()
 
@@ -221,13 +224,29 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _check_content_type(scope: Scope, allowed: frozenset, allow_missing: bool = False) -> None:
+def _check_content_type(scope: Scope, allowed: frozenset) -> None:
     raw = _header(scope, b"content-type")
-    if raw is None and allow_missing:
-        return
     ctype = (raw or "").split(";")[0].strip().lower()
     if ctype not in allowed:
         raise ApiError(415, f"Content-Type {raw or '(none)'!r} is not accepted here; send one of {sorted(allowed)}")
+
+
+def _check_infer_type(scope: Scope) -> None:
+    """JSON (any utf-8 charset, or none), octet-stream (binary tensor data, or JSON from clients that label
+    every body so), or no Content-Type at all; no compressed bodies."""
+    encoding = _header(scope, b"content-encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        raise ApiError(415, f"Content-Encoding {encoding!r} is not accepted here; send the body uncompressed")
+    raw = _header(scope, b"content-type")
+    if raw is None:
+        return
+    ctype, *params = (p.strip().lower() for p in raw.split(";"))
+    if ctype not in INFER_TYPES:
+        raise ApiError(415, f"Content-Type {raw!r} is not accepted here; send one of {sorted(INFER_TYPES)}")
+    for p in params:
+        key, _, value = p.partition("=")
+        if key.strip() == "charset" and value.strip().strip('"') not in JSON_CHARSETS:
+            raise ApiError(415, f"Content-Type {raw!r}: JSON must be UTF-8")
 
 
 def _int_param(q: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -260,7 +279,10 @@ def _error(message: str) -> bytes:
 
 
 async def _send(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    """The response; JSON unless ``headers`` give another content-type."""
+    extra = {k.lower(): v for k, v in (headers or {}).items()}
+    raw = [(b"content-type", extra.pop("content-type", "application/json").encode("latin-1")),
+           (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})

@@ -1,24 +1,31 @@
 """Request bodies -> model tensors. Pure functions, run in the decode thread pool, off the event loop.
 
 Every image goes through ``edge_sdk.preprocess`` (the one preprocessing path).
-Each failure is an :class:`ApiError` with the status the design lists: 400 for
-a malformed request, 413 over a limit, 415 for a format we do not decode, 422
-for an image that does not decode or a tensor of the wrong shape or values.
+A body is JSON, or JSON followed by binary tensor data (``edge_sdk.binary``)
+when the request has an ``Inference-Header-Content-Length``. Each failure is an
+:class:`ApiError` with the status the design lists: 400 for a malformed request
+(bad JSON, an unknown datatype, binary sizes that do not frame the body), 413
+over a limit, 415 for a format we do not decode, 422 for an image that does not
+decode or a tensor whose shape does not match its data or the model.
 """
 
 from __future__ import annotations
 
 import binascii
+import math
 from base64 import b64decode
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
-from edge_sdk.errors import InvalidImageError
+from edge_sdk import binary
+from edge_sdk.errors import InvalidImageError, ProtocolError
 from edge_sdk.imageinfo import read_info
 from edge_sdk.preprocess import ImageLimits, InputSpec, PreprocessSpec, preprocess
-from edge_sdk.protocol import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT, InferRequest, Tensor
+from edge_sdk.protocol import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT, InferRequest, RequestedOutput, Tensor
 
 from .errors import ApiError, from_image_error
 
@@ -45,6 +52,7 @@ class ParsedInfer:
     id: str | None
     outputs: tuple[str, ...]
     x: np.ndarray  # float32 [N, H, W, C]
+    binary_outputs: frozenset[str] = frozenset()  # the outputs to answer as binary data
     sizes: tuple[tuple[int, int], ...] = ()  # (height, width) of each image as sent
 
 
@@ -56,44 +64,94 @@ def image_tensor(data: bytes, spec: ModelInput) -> np.ndarray:
         raise from_image_error(e) from None
 
 
-def parse_infer(body: bytes, spec: ModelInput) -> ParsedInfer:
-    """A KServe v2 infer request body -> the model's float32 batch and the outputs asked for."""
+def parse_infer(body: bytes, spec: ModelInput, header_length: str | None = None) -> ParsedInfer:
+    """A KServe v2 infer request body -> the model's float32 batch and the outputs asked for.
+
+    ``header_length`` is the request's ``Inference-Header-Content-Length``: the body is then that many bytes
+    of JSON followed by the binary data of the tensors that give a ``binary_data_size``.
+    """
     try:
-        req = InferRequest.model_validate_json(body)
+        head, data = binary.split_body(body, header_length)
+    except ProtocolError as e:
+        raise ApiError(400, str(e)) from None
+    try:
+        req = InferRequest.model_validate_json(head)
     except ValidationError as e:
-        raise ApiError(400, _validation_message(e)) from None
-    outputs = spec.outputs
-    if req.outputs:
-        asked = [o.name for o in req.outputs]
-        unknown = [n for n in asked if n not in spec.outputs]
-        if unknown:
-            raise ApiError(400, f"unknown output(s) {unknown}; this model gives {list(spec.outputs)}")
-        outputs = tuple(dict.fromkeys(asked))
+        raise ApiError(400, _validation_message(e, header_length is None)) from None
+    outputs, binary_outputs = _requested_outputs(req, spec.outputs)
     t = req.inputs[0]
     if t.name != INPUT_NAME:
         raise ApiError(400, f"unknown input {t.name!r}; this model takes one input named {INPUT_NAME!r}")
     if any(d < 0 for d in t.shape):  # malformed whatever the datatype, so checked before any shape rule
         raise ApiError(400, f"shape {t.shape} has a negative dimension")
+    raw = _binary_data(req.inputs, data)
     if t.datatype == "BYTES":
-        x = _bytes_tensor(t, spec)
+        x = _bytes_tensor(t, spec, raw)
     elif t.datatype == "UINT8":
-        x = _uint8_tensor(t, spec)
+        x = _uint8_tensor(t, spec, raw)
     elif t.datatype == "FP32":
-        x = _fp32_tensor(t, spec)
+        x = _fp32_tensor(t, spec, raw)
     else:
         raise ApiError(422, f"datatype {t.datatype} is not accepted; send BYTES (encoded images), UINT8 or FP32")
-    return ParsedInfer(req.id, outputs, x, _sizes(t, spec) if spec.outputs != OUTPUTS else ())
+    sizes = _sizes(t, spec, raw) if spec.outputs != OUTPUTS else ()
+    return ParsedInfer(req.id, outputs, x, binary_outputs, sizes)
 
 
-def _sizes(t: Tensor, spec: ModelInput) -> tuple[tuple[int, int], ...]:
+def _sizes(t: Tensor, spec: ModelInput, raw: memoryview | None) -> tuple[tuple[int, int], ...]:
     """(height, width) of each image as sent: from an encoded image's header, a UINT8 tensor's shape, or the
     model's input for preprocessed FP32 (only called once the data parsed, so the header reads cleanly)."""
     if t.datatype == "BYTES":
-        infos = (read_info(b64decode(s)) for s in t.data)
+        items = binary.unpack_bytes(raw, t.shape[0]) if raw is not None else [b64decode(s) for s in t.data or []]
+        infos = (read_info(bytes(item)) for item in items)
         return tuple((int(i.height or 0), int(i.width or 0)) for i in infos)
     if t.datatype == "UINT8":
         return ((t.shape[1], t.shape[2]),) * t.shape[0]
     return ((spec.input.height, spec.input.width),) * t.shape[0]
+
+
+def _requested_outputs(req: InferRequest, offered: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
+    """(the outputs to send, those to send as binary data) out of the model's ``offered`` ones: each output's
+    ``binary_data`` wins over the request's ``binary_data_output``."""
+    all_binary = _flag(req.parameters, binary.REQUEST_OUTPUT_PARAM, "parameters")
+    if not req.outputs:
+        return offered, frozenset(offered if all_binary else ())
+    unknown = [o.name for o in req.outputs if o.name not in offered]
+    if unknown:
+        raise ApiError(400, f"unknown output(s) {unknown}; this model gives {list(offered)}")
+    return tuple(dict.fromkeys(o.name for o in req.outputs)), frozenset(
+        o.name for o in req.outputs if _output_binary(o, all_binary))
+
+
+def _output_binary(o: RequestedOutput, default: bool) -> bool:
+    if o.parameters and "classification" in o.parameters:
+        raise ApiError(400, f"output {o.name!r}: the classification extension is not supported; "
+                            f"read '{LABEL_OUTPUT}' and '{PROBS_OUTPUT}' instead")
+    if o.parameters and binary.OUTPUT_PARAM in o.parameters:
+        return _flag(o.parameters, binary.OUTPUT_PARAM, f"output {o.name!r} parameters")
+    return default
+
+
+def _flag(parameters: dict[str, Any] | None, key: str, where: str) -> bool:
+    value = (parameters or {}).get(key, False)
+    if not isinstance(value, bool):
+        raise ApiError(400, f"{where}.{key} must be true or false, not {value!r}")
+    return value
+
+
+def _binary_data(inputs: Sequence[Tensor], data: memoryview) -> memoryview | None:
+    """The first input's binary data (None when its data is in the JSON); every input must frame."""
+    try:
+        sizes = [(t.name, binary.binary_size(t.parameters, t.name)) for t in inputs]
+        raws = binary.slice_data(sizes, data)
+    except ProtocolError as e:
+        raise ApiError(400, str(e)) from None
+    for t, raw in zip(inputs, raws, strict=True):
+        if raw is not None and t.data is not None:
+            raise ApiError(400, f"input {t.name!r} has both data and parameters.{binary.SIZE_PARAM}; send one")
+        if raw is None and t.data is None:
+            raise ApiError(400, f"input {t.name!r} has no data: give data, or parameters.{binary.SIZE_PARAM} "
+                                f"and an Inference-Header-Content-Length")
+    return raws[0]
 
 
 def _count(t: Tensor, spec: ModelInput) -> int:
@@ -107,42 +165,61 @@ def _count(t: Tensor, spec: ModelInput) -> int:
     return n
 
 
-def _bytes_tensor(t: Tensor, spec: ModelInput) -> np.ndarray:
+def _bytes_tensor(t: Tensor, spec: ModelInput, raw: memoryview | None) -> np.ndarray:
+    """Encoded images: base64 strings in JSON, the files' own bytes in binary."""
     if len(t.shape) != 1:
         raise ApiError(422, f"a BYTES input must have shape [N] (one encoded image each), not {t.shape}")
     n = _count(t, spec)
-    if len(t.data) != n:
-        raise ApiError(422, f"shape {t.shape} says {n} image(s) but data holds {len(t.data)}")
+    if raw is None:
+        items: list[Any] = list(t.data or [])
+    else:
+        try:
+            items = binary.unpack_bytes(raw, n)
+        except ProtocolError as e:
+            raise ApiError(400, str(e)) from None
+    if len(items) != n:
+        held = f"more than {n}" if raw is not None and len(items) > n else str(len(items))
+        raise ApiError(422, f"shape {t.shape} says {n} image(s) but data holds {held}")
     out = np.empty((n,) + spec.shape, np.float32)
-    for i, s in enumerate(t.data):
-        if not isinstance(s, str):
-            raise ApiError(400, f"image {i}: BYTES elements must be base64 strings, not {type(s).__name__}")
+    for i, item in enumerate(items):
+        encoded = item if raw is not None else _from_base64(item, i)
         try:
-            raw = b64decode(s, validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(400, f"image {i}: not valid base64") from None
-        try:
-            out[i] = preprocess(raw, spec.input, spec.preprocess, limits=spec.limits)
+            out[i] = preprocess(encoded, spec.input, spec.preprocess, limits=spec.limits)
         except InvalidImageError as e:
             raise from_image_error(InvalidImageError(f"image {i}: {e}", e.kind)) from None
     return out
 
 
-def _numeric(t: Tensor, kinds: str, what: str) -> np.ndarray:
-    """The data as a flat numpy array; nested (row-major) or flat lists are both accepted."""
+def _from_base64(s: Any, i: int) -> bytes:
+    if not isinstance(s, str):
+        raise ApiError(400, f"image {i}: BYTES elements must be base64 strings, not {type(s).__name__}")
+    try:
+        return b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"image {i}: not valid base64") from None
+
+
+def _numeric(t: Tensor, kinds: str, what: str, raw: memoryview | None) -> np.ndarray:
+    """The data as an array of ``t.shape``: from binary data, or from nested (row-major) or flat JSON lists."""
+    expected = math.prod(t.shape)
+    if raw is not None:
+        dtype = np.dtype(binary.NUMPY_TYPES[t.datatype])
+        if len(raw) != expected * dtype.itemsize:
+            raise ApiError(422, f"shape {t.shape} needs {expected} {t.datatype} values ({expected * dtype.itemsize} "
+                                f"bytes) but {binary.SIZE_PARAM} is {len(raw)}")
+        return np.frombuffer(raw, dtype).reshape(t.shape)
     try:
         arr = np.asarray(t.data)
     except (ValueError, TypeError):
         raise ApiError(422, f"{t.datatype} data is ragged or not numeric") from None
     if arr.dtype.kind not in kinds:
         raise ApiError(422, f"{t.datatype} data must be {what}")
-    expected = int(np.prod(t.shape))
     if arr.size != expected:
         raise ApiError(422, f"shape {t.shape} needs {expected} values but data holds {arr.size}")
     return arr.reshape(t.shape)
 
 
-def _uint8_tensor(t: Tensor, spec: ModelInput) -> np.ndarray:
+def _uint8_tensor(t: Tensor, spec: ModelInput, raw: memoryview | None) -> np.ndarray:
     if len(t.shape) != 4 or t.shape[3] not in (1, 3, 4):
         raise ApiError(422, f"a UINT8 input must be NHWC RGB pixels [N, H, W, 1|3|4], not {t.shape}")
     n = _count(t, spec)
@@ -151,10 +228,10 @@ def _uint8_tensor(t: Tensor, spec: ModelInput) -> np.ndarray:
         raise ApiError(422, f"shape {t.shape} has no pixels")
     if h * w > spec.limits.max_pixels:
         raise ApiError(413, f"image is {w}x{h} = {w * h} pixels, over the limit of {spec.limits.max_pixels}")
-    arr = _numeric(t, "iu", "integers 0..255")
-    if arr.size and (arr.min() < 0 or arr.max() > 255):
+    arr = _numeric(t, "iu", "integers 0..255", raw)
+    if raw is None and arr.size and (arr.min() < 0 or arr.max() > 255):
         raise ApiError(422, "UINT8 values must be in 0..255")
-    arr = arr.astype(np.uint8)
+    arr = arr.astype(np.uint8, copy=False)
     out = np.empty((n,) + spec.shape, np.float32)
     for i in range(n):
         try:
@@ -164,22 +241,24 @@ def _uint8_tensor(t: Tensor, spec: ModelInput) -> np.ndarray:
     return out
 
 
-def _fp32_tensor(t: Tensor, spec: ModelInput) -> np.ndarray:
+def _fp32_tensor(t: Tensor, spec: ModelInput, raw: memoryview | None) -> np.ndarray:
     want = list(spec.shape)
     if len(t.shape) != 4 or t.shape[1:] != want:
-        raise ApiError(422, f"an FP32 input must be preprocessed to the model's shape [N, {', '.join(map(str, want))}], "
-                            f"not {t.shape}")
+        shape = ", ".join(map(str, want))
+        raise ApiError(422, f"an FP32 input must be preprocessed to the model's shape [N, {shape}], not {t.shape}")
     _count(t, spec)
     with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
-        arr = _numeric(t, "iuf", "numbers").astype(np.float32)
+        arr = _numeric(t, "iuf", "numbers", raw).astype(np.float32)
     if not np.isfinite(arr).all():
         raise ApiError(422, "FP32 data contains NaN or Inf (or a value out of float32 range)")
     return arr
 
 
-def _validation_message(e: ValidationError) -> str:
+def _validation_message(e: ValidationError, whole_body: bool) -> str:
     first = e.errors(include_url=False, include_input=False)[0]
     if first["type"] == "json_invalid":
-        return f"request body is not valid JSON: {first['msg']}"
+        hint = (" (binary tensor data needs an Inference-Header-Content-Length header giving the JSON's length)"
+                if whole_body else "")
+        return f"request body is not valid JSON: {first['msg']}{hint}"
     where = ".".join(str(p) for p in first["loc"]) or "body"
     return f"malformed infer request at '{where}': {first['msg']}"

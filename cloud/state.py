@@ -62,6 +62,10 @@ class ServedModel:
         self.name_json = json.dumps(self.name, ensure_ascii=False)
         self.labels_json = [json.dumps(lb, ensure_ascii=False) for lb in self.model.labels]
 
+    @property
+    def version(self) -> str:
+        return self.model.manifest.version
+
     def metadata(self) -> dict:
         m, (h, w, c) = self.model.manifest, self.spec.shape
         return {
@@ -69,7 +73,7 @@ class ServedModel:
             "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, h, w, c]}],
             "outputs": self._outputs(),
             "parameters": {
-                "accepts": ["BYTES [-1]: base64 encoded PNG/JPEG/BMP/WebP images",
+                "accepts": ["BYTES [-1]: PNG/JPEG/BMP/WebP images (base64 in JSON, raw as binary tensor data)",
                             "UINT8 [-1, H, W, 1|3|4]: RGB pixels, any size",
                             f"FP32 [-1, {h}, {w}, {c}]: preprocessed as the manifest says"],
                 "labels": m.labels, "input": m.input.model_dump(), "preprocess": m.preprocess.model_dump(),
@@ -112,7 +116,8 @@ class ServiceState:
             return f"warm-up failed: {self.warmup_error}"
         return "warming up"
 
-    def resolve(self, name: str | None) -> ServedModel:
+    def resolve(self, name: str | None, version: str | None = None) -> ServedModel:
+        """The served model by name (None: the only one) and, if given, version (each serves one: its bundle's)."""
         if name is None:
             if len(self.models) == 1:
                 return next(iter(self.models.values()))
@@ -120,6 +125,8 @@ class ServiceState:
         sm = self.models.get(name)
         if sm is None:
             raise ApiError(404, f"unknown model {name!r}; served: {sorted(self.models)}")
+        if version is not None and version != sm.version:
+            raise ApiError(404, f"model {name!r} has no version {version!r}; served: [{sm.version!r}]")
         return sm
 
     async def in_pool(self, fn, *args):

@@ -16,8 +16,16 @@ from .errors import (
     UpdateError,
 )
 from .hybrid import HybridClassifier, Prediction
-from .hybrid_detector import Detection, DetectionResult, DetectorOptions, HybridDetector
-from .options import CloudOptions, EdgeOptions, HybridOptions, HybridOverrides, RoutingOptions
+from .hybrid_detector import Detection, DetectionResult, HybridDetector
+from .options import (
+    CloudOptions,
+    DetectorOptions,
+    DetectorOverrides,
+    EdgeOptions,
+    HybridOptions,
+    HybridOverrides,
+    RoutingOptions,
+)
 from .ota import UpdateResult, VerifiedUpdate
 from .policy import Metric, Mode, Verdict
 from .preprocess import ImageLimits, InputSpec, PreprocessSpec, QuantParams, load_image, preprocess
@@ -30,7 +38,7 @@ __all__ = [
     # the classifier and its answers
     "HybridClassifier", "Prediction", "Reason", "Stats", "LatencySummary", "ModelState",
     # the detector and its answers
-    "HybridDetector", "DetectorOptions", "DetectionResult", "Detection",
+    "HybridDetector", "DetectorOptions", "DetectorOverrides", "DetectionResult", "Detection",
     # options
     "HybridOptions", "HybridOverrides", "RoutingOptions", "CloudOptions", "EdgeOptions", "Mode", "Metric", "Upload",
     # capacity, breaker, updates

@@ -42,15 +42,35 @@ class Detections:
 
     @classmethod
     def empty(cls) -> Detections:
+        """No objects.
+
+        Returns:
+            Detections with zero rows.
+        """
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
     def above(self, score: float) -> Detections:
+        """The detections scoring at least ``score``.
+
+        Args:
+            score: the lowest score kept.
+
+        Returns:
+            A new Detections, order kept.
+        """
         keep = self.scores >= score
         return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])
 
 
 def local_peaks(heat: np.ndarray) -> np.ndarray:
-    """Bool mask of the cells of a [H, W, C] map that equal the maximum of their 3x3 neighbourhood."""
+    """The cells of a heatmap that equal the maximum of their 3x3 neighbourhood (CenterNet's max-pool NMS).
+
+    Args:
+        heat: a [H, W, C] map.
+
+    Returns:
+        A bool mask of the same shape.
+    """
     h, w = heat.shape[:2]
     pad = np.pad(heat, ((1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
     pooled = heat.copy()
@@ -63,7 +83,16 @@ def local_peaks(heat: np.ndarray) -> np.ndarray:
 
 
 def peak_scores(heat: np.ndarray, k: int, min_score: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices and scores of the top ``k`` peaks (descending) with score >= ``min_score``."""
+    """The best peaks of a heatmap.
+
+    Args:
+        heat: a [H, W, C] map.
+        k: the most peaks to keep.
+        min_score: the lowest score kept.
+
+    Returns:
+        Flat indices into ``heat`` and their scores, the top ``k`` peaks (descending) with score >= ``min_score``.
+    """
     flat = np.where(local_peaks(heat), heat, -1.0).ravel()
     cand = np.flatnonzero(flat >= min_score) if min_score > 0 else np.flatnonzero(flat >= 0)
     if len(cand) > k:
@@ -74,7 +103,17 @@ def peak_scores(heat: np.ndarray, k: int, min_score: float = 0.0) -> tuple[np.nd
 
 
 def decode(heat: np.ndarray, size: np.ndarray, offset: np.ndarray, spec: DetectionSpec) -> Detections:
-    """One image's outputs ([H, W, C], [H, W, 2], [H, W, 2]) -> detections in model-input pixels."""
+    """One image's detector outputs -> its detections (centre = peak cell + offset, then +- size / 2).
+
+    Args:
+        heat: the centre heatmaps [H, W, C].
+        size: box width and height in output cells [H, W, 2].
+        offset: the centre's position from the cell's corner, in cells [H, W, 2].
+        spec: the stride, how many peaks to keep and the lowest score.
+
+    Returns:
+        Detections in model-input pixels, best first.
+    """
     c = heat.shape[2]
     idx, scores = peak_scores(heat, spec.max_detections, spec.min_score)
     if len(idx) == 0:
@@ -109,7 +148,17 @@ def _model_to_image(mode: str, model_hw: tuple[int, int], image_hw: tuple[int, i
 
 
 def to_original(boxes: np.ndarray, mode: str, model_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
-    """Boxes in model-input pixels -> pixels of the original image, undoing ``edge_sdk.preprocess.resize``; clipped."""
+    """Boxes in model-input pixels -> pixels of the original image, undoing ``edge_sdk.preprocess.resize``.
+
+    Args:
+        boxes: [n, 4] (x0, y0, x1, y1) in model-input pixels.
+        mode: the resize (stretch, letterbox, center_crop).
+        model_hw: the model input's (height, width).
+        image_hw: the original image's (height, width).
+
+    Returns:
+        float32 [n, 4] in the original image's pixels, clipped to it.
+    """
     sx, sy, ox, oy = _model_to_image(mode, model_hw, image_hw)
     b: np.ndarray = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
     b[:, [0, 2]] = (b[:, [0, 2]] * sx + ox).clip(0, image_hw[1])
@@ -118,7 +167,17 @@ def to_original(boxes: np.ndarray, mode: str, model_hw: tuple[int, int], image_h
 
 
 def to_model(boxes: np.ndarray, mode: str, model_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
-    """Original-image pixels -> model-input pixels (training targets): the inverse of :func:`to_original`."""
+    """Original-image pixels -> model-input pixels (training targets): the inverse of :func:`to_original`.
+
+    Args:
+        boxes: [n, 4] (x0, y0, x1, y1) in the original image's pixels.
+        mode: the resize (stretch, letterbox, center_crop).
+        model_hw: the model input's (height, width).
+        image_hw: the original image's (height, width).
+
+    Returns:
+        float32 [n, 4] in model-input pixels.
+    """
     sx, sy, ox, oy = _model_to_image(mode, model_hw, image_hw)
     b: np.ndarray = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
     b[:, [0, 2]] = (b[:, [0, 2]] - ox) / sx
@@ -146,6 +205,17 @@ def frame_uncertainty(scores: np.ndarray, metric: str = "band_mass", band: tuple
     * ``band_mass``: the sum of in-band scores (an expected count of unsure objects);
     * ``band_count``: the number of in-band peaks;
     * ``top_entropy``: the sum of the binary entropies (bits) of all candidate peaks.
+
+    Args:
+        scores: the frame's candidate peak scores.
+        metric: band_mass, band_count or top_entropy.
+        band: the unsure score range [lo, hi).
+
+    Returns:
+        The frame's uncertainty (0 for a frame the edge is sure of).
+
+    Raises:
+        ValueError: an unknown metric.
     """
     s = np.asarray(scores, np.float64)
     lo, hi = band
@@ -183,8 +253,19 @@ class DetectResponse(BaseModel):
 
 
 def parse_served(body: Any, n: int, num_classes: int) -> list[Detections]:
-    """A v2 infer answer of a detect model (outputs boxes, scores, classes, count) -> one Detections per image,
-    boxes in the pixels of each image as sent. ValueError on anything malformed (a bad answer, never a crash)."""
+    """A v2 infer answer of a detect model (outputs boxes, scores, classes, count) -> one Detections per image.
+
+    Args:
+        body: the decoded JSON answer.
+        n: how many images the request carried.
+        num_classes: how many classes the model has.
+
+    Returns:
+        One Detections per image, boxes in the pixels of each image as sent.
+
+    Raises:
+        ValueError: anything malformed (a bad answer, never a crash).
+    """
     if not isinstance(body, dict) or not isinstance(body.get("outputs"), list):
         raise ValueError("response is not a v2 infer answer (no 'outputs' list)")
     by_name = {o.get("name"): o for o in body["outputs"] if isinstance(o, dict)}

@@ -45,6 +45,15 @@ class DetectorModel:
 
     def __init__(self, model: str | Path | bytes, *, num_threads: int | None = None,
                  backend: str | Sequence[str] | None = None, expected_sha256: str | None = None):
+        """Args:
+            model: a .tflite path or its bytes.
+            num_threads: interpreter threads (None: LiteRT's default).
+            backend: the interpreter package(s) to try, in order (None: every known one).
+            expected_sha256: refuse a file with another checksum.
+
+        Raises:
+            ModelLoadError: unreadable, a checksum mismatch, or not a three-output int8 detector.
+        """
         content, self.source = _read_model(model)
         self.sha256 = hashlib.sha256(content).hexdigest()
         if expected_sha256 and expected_sha256 != self.sha256:
@@ -73,7 +82,19 @@ class DetectorModel:
     @classmethod
     def from_bundle(cls, bundle: Any, *, num_threads: int | None = None,
                     backend: str | Sequence[str] | None = None) -> DetectorModel:
-        """The bundle's ``edge`` model (tflite-int8), checked against the manifest's sha256."""
+        """The bundle's ``edge`` model (tflite-int8), checked against the manifest's sha256.
+
+        Args:
+            bundle: a loaded detect Bundle.
+            num_threads: interpreter threads (None: LiteRT's default).
+            backend: the interpreter package(s) to try, in order.
+
+        Returns:
+            The detector.
+
+        Raises:
+            ModelLoadError: no int8 edge model in the bundle, or it does not load.
+        """
         m = bundle.manifest.models.get("edge")
         if m is None:
             raise ModelLoadError(f"{bundle.path}: bundle has no edge model; run `hybrid-vision quantize` on it")
@@ -101,7 +122,14 @@ class DetectorModel:
             return self._bind(self._new_interpreter())
 
     def outputs_quantized(self, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One quantized HxWxC input -> (heatmap [h, w, C], size [h, w, 2], offset [h, w, 2]), dequantized."""
+        """Run the interpreter on one input.
+
+        Args:
+            xq: one quantized HxWxC input (int8/uint8, as ``input_quant`` says).
+
+        Returns:
+            (heatmap [h, w, C], size [h, w, 2], offset [h, w, 2]), dequantized to float32.
+        """
         interp, i_in = self._slot()
         interp.set_tensor(i_in, xq.reshape((1,) + self.input_shape))
         interp.invoke()
@@ -110,7 +138,15 @@ class DetectorModel:
         return heat, size, offset
 
     def detect_quantized(self, xq: np.ndarray, spec: DetectionSpec) -> Detections:
-        """One quantized input -> detections in model-input pixels."""
+        """Run and decode one input.
+
+        Args:
+            xq: one quantized HxWxC input.
+            spec: how to decode (stride, peaks kept, lowest score).
+
+        Returns:
+            Detections in model-input pixels.
+        """
         return decode(*self.outputs_quantized(xq), spec)
 
     def __repr__(self) -> str:

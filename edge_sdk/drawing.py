@@ -13,13 +13,33 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 1
 
 
 def color_of(cls: int) -> tuple[int, int, int]:
-    """A fixed RGB colour per class index."""
+    """A fixed colour per class index.
+
+    Args:
+        cls: the class index.
+
+    Returns:
+        An RGB triple.
+    """
     return _PALETTE[int(cls) % len(_PALETTE)]
 
 
 def draw_boxes(rgb: np.ndarray, boxes: np.ndarray, classes: Sequence[int], labels: Sequence[str],
                scores: Sequence[float] | None = None, *, bgr: bool = False, thickness: int = 1) -> np.ndarray:
-    """A copy of ``rgb`` (or a BGR frame with ``bgr=True``) with each box outlined and captioned."""
+    """A copy of ``rgb`` (or a BGR frame with ``bgr=True``) with each box outlined and captioned.
+
+    Args:
+        rgb: the picture (HxWx3 uint8).
+        boxes: [n, 4] (x0, y0, x1, y1) in its pixels.
+        classes: each box's class index.
+        labels: the class names.
+        scores: each box's score, added to its caption (None: labels only).
+        bgr: the picture is in OpenCV's BGR order.
+        thickness: the outline's width in pixels.
+
+    Returns:
+        The picture with the boxes drawn.
+    """
     out: np.ndarray = np.ascontiguousarray(rgb).copy()
     h = out.shape[0]
     scale = max(0.3, min(1.0, h / 640))

@@ -13,7 +13,11 @@ class InvalidImageError(HybridVisionError, ValueError):
     decode), or "invalid" (undecodable, wrong type or shape).
     """
 
-    def __init__(self, message: str, kind: str = "invalid"):
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        """Args:
+        message: what was wrong, for people.
+        kind: too_large, unsupported or invalid, for programs.
+        """
         super().__init__(message)
         self.kind = kind
 
@@ -29,7 +33,12 @@ class ModelLoadError(HybridVisionError):
 class CloudError(HybridVisionError):
     """One cloud call failed; ``reason`` is a short machine-readable cause."""
 
-    def __init__(self, message: str, reason: str = "cloud_error", status: int | None = None):
+    def __init__(self, message: str, reason: str = "cloud_error", status: int | None = None) -> None:
+        """Args:
+        message: what happened, for people.
+        reason: one short word for programs (connection, timeout, http_500, ...).
+        status: the HTTP status, when there was one.
+        """
         super().__init__(message)
         self.reason = reason
         self.status = status
@@ -41,3 +50,8 @@ class CloudUnavailableError(CloudError):
 
 class UpdateError(HybridVisionError):
     """An over-the-air model update was refused (bad checksum, unloadable model, server error); the old model stays."""
+
+
+class ProtocolError(HybridVisionError, ValueError):
+    """A KServe v2 message that does not frame: a bad ``Inference-Header-Content-Length``, a binary size past
+    the end of the body, a cut BYTES element. A server answers it with 400; the SDK treats it as a bad answer."""

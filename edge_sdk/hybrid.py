@@ -12,7 +12,6 @@ the cloud request, and the :class:`Prediction`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from .bundle import Bundle, Routing, load_bundle
 from .capacity import Probe, default_probes
 from .client import CloudClient
 from .errors import BundleError, ModelLoadError, UpdateError
-from .options import HybridOptions, option_names
+from .options import HybridOptions, with_overrides
 from .ota import DEFAULT_MAX_BYTES, UpdateResult, VerifiedUpdate, fetch_update, persist_update
 from .policy import ConfidenceScorer, Metric, Mode
 from .preprocess import ImageInput, InputSpec, PreprocessSpec
@@ -66,7 +65,11 @@ class Prediction:
     probabilities: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field but the probabilities, JSON-ready (top_k as label/score objects)."""
+        """Every field but the probabilities.
+
+        Returns:
+            A JSON-ready dict (top_k as label/score objects).
+        """
         d = asdict(self)
         d.pop("probabilities")
         d["reason"] = str(self.reason)
@@ -77,19 +80,26 @@ class Prediction:
 class ClassifierEdge:
     """One edge model ready to run: its pixel table and interpreter. An update builds a new one."""
 
-    __slots__ = ("model", "pixels")
+    __slots__ = ("model", "pixels", "_quantize", "_predict")
 
     def __init__(self, model: LocalModel, input_spec: InputSpec, preprocess_spec: PreprocessSpec,
                  num_classes: int) -> None:
-        """Raises:
-        ModelLoadError: the model does not fit the bundle's input or labels.
+        """Args:
+            model: the edge model.
+            input_spec: the bundle's input.
+            preprocess_spec: the bundle's preprocessing.
+            num_classes: how many labels the bundle has.
+
+        Raises:
+            ModelLoadError: the model does not fit the bundle's input or labels.
         """
         model.check_fits(input_spec, num_classes)
         self.model = model
         self.pixels = PixelQuantizer(input_spec, preprocess_spec, model.input_quant)
+        self._quantize, self._predict = self.pixels.quantize_pixels, model.predict_quantized  # bound once
 
     def __call__(self, staged: Staged) -> np.ndarray:
-        return self.model.predict_quantized(self.pixels(staged.resized))
+        return self._predict(self._quantize(staged.resized))
 
 
 class HybridClassifier:
@@ -167,7 +177,7 @@ class HybridClassifier:
             ValueError: an option out of range, or ``cloud_only`` without a cloud_url.
             TypeError: an override that is not an option.
         """
-        opts = _with_overrides(options, overrides)
+        opts = with_overrides(HybridOptions, options, overrides)
         bundle = path if isinstance(path, Bundle) else load_bundle(path)
         model, error = None, None
         if opts.mode != "cloud_only":
@@ -224,12 +234,20 @@ class HybridClassifier:
         return self._router.predict_batch(images, color, deadline_ms)
 
     def add_observer(self, observer: Observer[Prediction]) -> None:
-        """Call ``observer(staged, prediction)`` after every final answer (in the caller's thread; an
-        observer's exception is logged and counted in ``stats().errors["observer"]``, never raised)."""
+        """Call ``observer(staged, prediction)`` after every final answer, in the caller's thread.
+
+        Args:
+            observer: gets the staged image and the prediction; an exception it raises is logged and
+                counted in ``stats().errors["observer"]``, never passed to the caller.
+        """
         self._router.add_observer(observer)
 
     def remove_observer(self, observer: Observer[Prediction]) -> None:
-        """Stop calling ``observer``."""
+        """Stop calling ``observer``.
+
+        Args:
+            observer: one added with :meth:`add_observer`.
+        """
         self._router.remove_observer(observer)
 
     # --- state ------------------------------------------------------------------------------------
@@ -272,7 +290,11 @@ class HybridClassifier:
         return self._router.probes
 
     def stats(self) -> Stats:
-        """Counts by source and reason, latency percentiles (last 10k calls), bytes, breaker and model state."""
+        """What this classifier has done.
+
+        Returns:
+            Counts by source and reason, latency percentiles (last 10k calls), bytes, breaker and model state.
+        """
         m = self.model
         return self._router.stats.snapshot(
             mode=self.mode, metric=self.metric, threshold=self.threshold, upload=self.upload,
@@ -430,19 +452,18 @@ class HybridClassifier:
 
 
 def top_k(probs: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """The ``k`` largest (index, probability) pairs, largest first, ties in index order."""
+    """The most probable classes.
+
+    Args:
+        probs: probabilities [C].
+        k: how many.
+
+    Returns:
+        The ``k`` largest (index, probability) pairs, largest first, ties in index order.
+    """
     if probs.shape[0] <= 64:  # small: plain Python on a list beats numpy's per-call overhead
         values: list[float] = probs.tolist()
         order = sorted(range(len(values)), key=values.__getitem__, reverse=True)[:k]
         return [(i, values[i]) for i in order]
     idx = np.argsort(-probs, kind="stable")[:k]
     return [(int(i), float(probs[i])) for i in idx]
-
-
-def _with_overrides(options: HybridOptions | None, overrides: dict[str, Any] | HybridOverrides) -> HybridOptions:
-    base = options or HybridOptions()
-    unknown = set(overrides) - option_names(HybridOptions)
-    if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; "
-                        f"HybridOptions has {', '.join(sorted(option_names(HybridOptions)))}")
-    return dataclasses.replace(base, **overrides) if overrides else base

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .bundle import Bundle, load_bundle
 from .capacity import default_probes
@@ -28,13 +28,14 @@ from .detection import (
     SERVED_OUTPUTS,
     Detections,
     DetectionSpec,
+    DetectMetric,
     frame_uncertainty,
     parse_served,
     to_original,
 )
 from .detector_runtime import DetectorModel
 from .errors import BundleError, ModelLoadError
-from .options import CloudOptions, EdgeOptions, RoutingOptions, option_names
+from .options import DetectorOptions, with_overrides
 from .policy import Verdict
 from .preprocess import ImageInput
 from .reasons import Reason
@@ -43,30 +44,12 @@ from .runtime import PixelQuantizer
 from .stats import ModelState, Stats
 from .upload import Staged, build_request
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import DetectorOverrides
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class DetectorOptions(RoutingOptions, CloudOptions, EdgeOptions):
-    """Everything :class:`HybridDetector` takes: routing, cloud and edge options, plus:
-
-    Attributes:
-        threshold: offload a frame whose uncertainty is above this (None: the bundle's calibrated one).
-        metric: the frame's routing score (None: the bundle's); another than the bundle's needs a threshold.
-        min_score: detections scoring below this are left out of answers (None: the bundle's report_score).
-    """
-
-    threshold: float | None = None
-    metric: str | None = None
-    min_score: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.metric is not None and self.metric not in DETECT_METRICS:
-            raise ValueError(f"unknown detection routing metric {self.metric!r}; "
-                             f"choose from {', '.join(DETECT_METRICS)}")
-        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
-            raise ValueError(f"min_score must be within [0, 1], not {self.min_score}")
-        super().__post_init__()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +62,11 @@ class Detection:
     score: float
 
     def to_dict(self) -> dict[str, Any]:
+        """This detection, JSON-ready.
+
+        Returns:
+            box, label, class_id and score.
+        """
         return {"box": list(self.box), "label": self.label, "class_id": self.class_id, "score": self.score}
 
 
@@ -100,6 +88,11 @@ class DetectionResult:
     cloud_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """This result, JSON-ready.
+
+        Returns:
+            Every field, the detections as dicts and the reason as its string.
+        """
         return {"detections": [d.to_dict() for d in self.detections], "source": self.source,
                 "reason": str(self.reason), "image_size": list(self.image_size), "edge_score": self.edge_score,
                 "latency_ms": self.latency_ms, "bytes_sent": self.bytes_sent, "cloud_error": self.cloud_error}
@@ -111,6 +104,14 @@ class DetectorEdge:
     __slots__ = ("model", "pixels", "spec")
 
     def __init__(self, model: DetectorModel, bundle: Bundle) -> None:
+        """Args:
+            model: the int8 detector.
+            bundle: its detect bundle.
+
+        Raises:
+            ModelLoadError: the model does not fit the bundle's input or labels.
+            BundleError: the manifest has no detection section.
+        """
         man = bundle.manifest
         want = (man.input.height, man.input.width, man.input.channels)
         if model.input_shape != want or model.num_classes != len(man.labels):
@@ -130,7 +131,14 @@ class FrameScorer:
 
     __slots__ = ("metric", "threshold")
 
-    def __init__(self, metric: str, threshold: float) -> None:
+    def __init__(self, metric: DetectMetric, threshold: float) -> None:
+        """Args:
+            metric: the frame score (see :func:`~edge_sdk.detection.frame_uncertainty`).
+            threshold: the highest score still answered on the edge.
+
+        Raises:
+            ValueError: an unknown metric.
+        """
         if metric not in DETECT_METRICS:
             raise ValueError(f"unknown detection routing metric {metric!r}; choose from {', '.join(DETECT_METRICS)}")
         self.metric, self.threshold = metric, float(threshold)
@@ -147,6 +155,13 @@ class HybridDetector:
                  model_error: str | None = None, cloud: CloudClient | None = None) -> None:
         """Prefer :meth:`from_bundle`.
 
+        Args:
+            bundle: a loaded detect bundle.
+            model: its int8 detector, or None when it did not load.
+            options: the options (default: DetectorOptions' defaults).
+            model_error: why the model did not load.
+            cloud: the cloud client, or None.
+
         Raises:
             BundleError: not a detect bundle.
             ValueError: options that do not fit the bundle.
@@ -157,7 +172,8 @@ class HybridDetector:
             raise BundleError(f"{bundle.path}: not a detect bundle (task {man.task!r}); use HybridClassifier")
         opts = options or DetectorOptions()
         routing = man.routing
-        metric = opts.metric or (routing.metric if routing.metric in DETECT_METRICS else "band_mass")
+        bundle_metric = cast(DetectMetric, routing.metric) if routing.metric in DETECT_METRICS else "band_mass"
+        metric = opts.metric or bundle_metric
         if opts.metric is not None and opts.metric != routing.metric and opts.threshold is None:
             raise ValueError(f"the bundle's threshold is for {routing.metric}; "
                              f"give a threshold for metric {opts.metric!r}")
@@ -178,7 +194,7 @@ class HybridDetector:
 
     @classmethod
     def from_bundle(cls, path: str | Path | Bundle, options: DetectorOptions | None = None,
-                    **overrides: Any) -> HybridDetector:
+                    **overrides: Unpack[DetectorOverrides]) -> HybridDetector:
         """Load a detect bundle (checksums verified) and its int8 detector; connect to the cloud if one is given.
 
         Args:
@@ -195,11 +211,7 @@ class HybridDetector:
             ValueError: an option out of range, or ``cloud_only`` without a cloud_url.
             TypeError: an override that is not an option.
         """
-        unknown = set(overrides) - option_names(DetectorOptions)
-        if unknown:
-            raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; "
-                            f"DetectorOptions has {', '.join(sorted(option_names(DetectorOptions)))}")
-        opts = dataclasses.replace(options or DetectorOptions(), **overrides)
+        opts = with_overrides(DetectorOptions, options, overrides)
         bundle = path if isinstance(path, Bundle) else load_bundle(path)
         if bundle.manifest.task != "detect":
             raise BundleError(f"{bundle.path}: not a detect bundle (task {bundle.manifest.task!r}); "
@@ -239,6 +251,14 @@ class HybridDetector:
                       deadline_ms: float | None = None) -> list[DetectionResult]:
         """Several frames: the edge on every one, the unsure ones to the cloud in ONE request.
 
+        Args:
+            images: as for :meth:`predict`.
+            color: as for :meth:`predict`.
+            deadline_ms: the whole batch's limit.
+
+        Returns:
+            One result per frame, in order.
+
         Raises:
             InvalidImageError: an input is bad (the message names its index); raised before any inference.
             CloudUnavailableError: a frame got no answer from either side (the message names its index).
@@ -246,8 +266,21 @@ class HybridDetector:
         return self._router.predict_batch(images, color, deadline_ms)
 
     def add_observer(self, observer: Observer[DetectionResult]) -> None:
-        """Call ``observer(staged, result)`` after every final answer (errors are logged, never raised)."""
+        """Call ``observer(staged, result)`` after every final answer, in the caller's thread.
+
+        Args:
+            observer: gets the staged frame and the result; an exception it raises is logged and counted in
+                ``stats().errors["observer"]``, never passed to the caller.
+        """
         self._router.add_observer(observer)
+
+    def remove_observer(self, observer: Observer[DetectionResult]) -> None:
+        """Stop calling ``observer``.
+
+        Args:
+            observer: one added with :meth:`add_observer`.
+        """
+        self._router.remove_observer(observer)
 
     @property
     def mode(self) -> str:
@@ -259,7 +292,7 @@ class HybridDetector:
         return run.model if isinstance(run, DetectorEdge) else None
 
     @property
-    def metric(self) -> str:
+    def metric(self) -> DetectMetric:
         return self._scorer().metric
 
     @property
@@ -267,7 +300,11 @@ class HybridDetector:
         return self._scorer().threshold
 
     def stats(self) -> Stats:
-        """Counts by source and reason, latency percentiles (last 10k calls), bytes, breaker and model state."""
+        """What this detector has done.
+
+        Returns:
+            Counts by source and reason, latency percentiles (last 10k calls), bytes, breaker and model state.
+        """
         m = self.model
         return self._router.stats.snapshot(
             mode=self.mode, metric=self.metric, threshold=self.threshold, upload=self.options.upload,
@@ -297,10 +334,10 @@ class HybridDetector:
 
     def _ask_cloud(self, items: Sequence[Staged], deadline: float) -> CloudReply[Detections]:
         assert self.cloud is not None
-        request = build_request(items, self.options.upload, 3)
-        request["outputs"] = [{"name": n} for n in SERVED_OUTPUTS]
-        dets, sent = self.cloud.infer_parsed(request, deadline, lambda doc: parse_served(doc, len(items),
-                                                                                         len(self.labels)))
+        # JSON both ways (the detection outputs are small; binary tensors are the classifier's for now)
+        request = dataclasses.replace(build_request(items, self.options.upload, 3), outputs=SERVED_OUTPUTS)
+        dets, sent = self.cloud.infer_parsed(request.json_doc(), deadline,
+                                             lambda doc: parse_served(doc, len(items), len(self.labels)))
         return CloudReply(dets, sent)
 
     def _result(self, o: Outcome[Detections, Detections]) -> DetectionResult:

@@ -73,7 +73,7 @@ def write_digits(dest: Path, size: int = DIGITS_SIZE) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=dest.parent))
     try:
-        for i, (img, y) in enumerate(zip(d.images, d.target)):
+        for i, (img, y) in enumerate(zip(d.images, d.target, strict=False)):
             px = np.clip(img * (255.0 / 16.0), 0, 255).astype(np.uint8)
             big = cv2.resize(px, (size, size), interpolation=cv2.INTER_CUBIC)
             cls_dir = tmp / str(int(y))
@@ -111,14 +111,46 @@ def list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
+def presplit_test_folder(root: Path) -> Path | None:
+    """``root/test`` when ``root`` holds exactly ``train/`` and ``test/`` image folders (a given test split)."""
+    subs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return root / "test" if subs == ["test", "train"] else None
+
+
 def split(source: str, *, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15) -> Split:
-    """Seeded, stratified train/val/test split of a folder or built-in dataset."""
+    """Seeded, stratified train/val/test split of a folder or built-in dataset.
+
+    A folder with exactly two sub-folders ``train/`` and ``test/`` (each one
+    sub-folder per class, same classes) keeps its test split as given:
+    validation is split from ``train/`` and ``test_fraction`` is not used.
+    """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DataError("val and test fractions must be in [0, 1) and sum to less than 1")
-    labels, items = list_folder(resolve(source))
+    root = resolve(source)
+    test_dir = presplit_test_folder(root)
+    if test_dir is None:
+        labels, items = list_folder(root)
+        parts = _stratified_parts(items, len(labels), seed, val_fraction, test_fraction)
+    else:
+        labels, items = list_folder(root / "train")
+        test_labels, test_items = list_folder(test_dir)
+        if test_labels != labels:
+            raise DataError(f"{root}: train/ and test/ have different classes ({labels} vs {test_labels})")
+        parts = _stratified_parts(items, len(labels), seed, val_fraction, 0.0)
+        parts["test"] = test_items
+    info = DataInfo(
+        source=source, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+        counts={k: len(v) for k, v in parts.items()},
+    )
+    return Split(labels, parts["train"], parts["val"], parts["test"], info)
+
+
+def _stratified_parts(
+    items: Sequence[tuple[Path, int]], num_classes: int, seed: int, val_fraction: float, test_fraction: float
+) -> dict[str, list[tuple[Path, int]]]:
     rng = np.random.default_rng(seed)
     parts: dict[str, list[tuple[Path, int]]] = {"train": [], "val": [], "test": []}
-    for c in range(len(labels)):
+    for c in range(num_classes):
         cls = [it for it in items if it[1] == c]
         order = rng.permutation(len(cls))
         n_test = int(round(len(cls) * test_fraction))
@@ -129,11 +161,7 @@ def split(source: str, *, seed: int = 0, val_fraction: float = 0.15, test_fracti
         parts["test"] += picked[:n_test]
         parts["val"] += picked[n_test : n_test + n_val]
         parts["train"] += picked[n_test + n_val :]
-    info = DataInfo(
-        source=source, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-        counts={k: len(v) for k, v in parts.items()},
-    )
-    return Split(labels, parts["train"], parts["val"], parts["test"], info)
+    return parts
 
 
 def split_from_info(info: DataInfo) -> Split:
@@ -142,7 +170,8 @@ def split_from_info(info: DataInfo) -> Split:
 
 
 def load_arrays(
-    items: Sequence[tuple[Path, int]], inp: InputSpec, pp: PreprocessSpec, *, desc: str = "loading", progress: bool = True
+    items: Sequence[tuple[Path, int]], inp: InputSpec, pp: PreprocessSpec, *, desc: str = "loading",
+    progress: bool = True,
 ) -> Arrays:
     """Run every file through the shared preprocessing; unreadable files are skipped and counted."""
     from tqdm.auto import tqdm

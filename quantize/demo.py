@@ -47,8 +47,8 @@ class DemoError(HybridVisionError):
 @dataclass
 class DemoConfig:
     out: str = "demo-out"
-    epochs: int = 20
-    patience: int = 6
+    epochs: int | None = None  # None: the training recipe's (from the data size)
+    patience: int | None = None
     quick: bool = False  # for tests: few epochs, fewer calibration images, shorter latency runs
     bundle: str | None = None  # a trained digits bundle to start from instead of training the cloud model
     reuse: bool = False  # reuse the quantized bundles a previous run left in `out`
@@ -78,6 +78,10 @@ def signals_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _epochs(cfg: DemoConfig) -> str:
+    return f"{cfg.epochs} epochs each" if cfg.epochs else "epochs from the training recipe"
+
+
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
@@ -90,14 +94,16 @@ def train_pair(cfg: DemoConfig, dest: Path) -> Bundle:
     from .train import TrainConfig, train
 
     if cfg.bundle is None:
-        _say(f"[1/4] training big/little on digits: cloud cnn x1, edge {cfg.edge_arch} x{cfg.edge_width:g} "
-             f"(up to {cfg.epochs} epochs each, early stopping)")
+        _say(f"[1/4] training big/little on digits: cloud cnn x1, edge {cfg.edge_arch} x{cfg.edge_width:g} distilled "
+             f"from it ({_epochs(cfg)}, seed {cfg.seed})")
         return train(TrainConfig(data="digits", out=str(dest), name=BUNDLE_NAMES["big_little"], epochs=cfg.epochs,
                                  patience=cfg.patience, edge_arch=cfg.edge_arch, edge_width=cfg.edge_width,
                                  seed=cfg.seed, progress=cfg.progress))
     base = load_bundle(cfg.bundle)
     if base.manifest.data is None or base.manifest.data.source != "digits" or not base.has("cloud"):
-        raise DemoError(f"--bundle {cfg.bundle}: the demo needs a bundle trained on the built-in digits with a cloud model")
+        raise DemoError(
+            f"--bundle {cfg.bundle}: the demo needs a bundle trained on the built-in digits with a cloud model"
+        )
     files: dict[str, Any] = {"cloud.keras": base.model_path("cloud")}
     man = base.manifest.model_copy(deep=True)
     man.name = BUNDLE_NAMES["big_little"]
@@ -110,11 +116,12 @@ def train_pair(cfg: DemoConfig, dest: Path) -> Bundle:
             files["edge_source.keras"] = base.model_path("edge_source")
             man.models["edge_source"] = base.manifest.models["edge_source"]
         else:
-            _say(f"[1/4] using {cfg.bundle}'s cloud model; training the little edge {cfg.edge_arch} x{cfg.edge_width:g} "
-                 f"(up to {cfg.epochs} epochs)")
+            _say(f"[1/4] using {cfg.bundle}'s cloud model; training the little edge "
+                 f"{cfg.edge_arch} x{cfg.edge_width:g} ({_epochs(cfg)})")
             info, inp = base.manifest.data, base.manifest.input
             little = train(TrainConfig(
-                data="digits", out=str(Path(td) / "little"), arch=cfg.edge_arch, width=cfg.edge_width, epochs=cfg.epochs,
+                data="digits", out=str(Path(td) / "little"), arch=cfg.edge_arch, width=cfg.edge_width,
+                epochs=cfg.epochs,
                 patience=cfg.patience, seed=info.seed, val_fraction=info.val_fraction, test_fraction=info.test_fraction,
                 input_size=inp.height, grayscale=inp.channels == 1, resize=base.manifest.preprocess.resize,
                 progress=cfg.progress,
@@ -161,7 +168,8 @@ def run_evaluate(bundle: Path, url: str, key: str, out: Path, cfg: DemoConfig) -
     cmd = [sys.executable, "-m", "edge_sdk.cli", "evaluate", str(bundle), "--data", "digits", "--cloud-url", url,
            "--upload", cfg.upload, "--out", str(out), *([] if cfg.progress else ["--quiet"])]
     env = {**os.environ, "HV_API_KEY": key, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)  # stderr: progress bars
+    # stderr (the progress bars) goes to ours
+    r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluate.txt").write_text(r.stdout, encoding="utf-8")
     if r.returncode != 0:
@@ -193,7 +201,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     with signals_interrupt():
         if cfg.reuse:
             if not _reusable({**paths, **({"detect": detect_path} if cfg.detect else {})}):
-                raise DemoError(f"--reuse: {out}/bundles holds no quantized bundles from an earlier demo; run without --reuse")
+                raise DemoError(
+                    f"--reuse: {out}/bundles holds no quantized bundles from an earlier demo; run without --reuse"
+                )
             _say(f"[1-2/4] reusing the quantized bundles in {out / 'bundles'}")
         else:
             out.mkdir(parents=True, exist_ok=True)
@@ -229,8 +239,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         _say(f"      cloud service stopped (exit status {svc.proc.returncode})")
 
     seconds["total"] = round(time.perf_counter() - t0, 1)
-    plot = plot_tradeoffs([Tradeoff.from_report(e, f"{CONFIGS[n].split(':')[0]}: digits test split (n={e['data']['n']})")
-                           for n, e in evals.items()], out / "accuracy_vs_offload.png")
+    panels = [Tradeoff.from_report(e, f"{CONFIGS[n].split(':')[0]}: digits test split (n={e['data']['n']})")
+              for n, e in evals.items()]
+    plot = plot_tradeoffs(panels, out / "accuracy_vs_offload.png")
     report: dict[str, Any] = {
         "config": asdict(cfg),
         "machine": {"cpus": os.cpu_count(), "load_avg_1m_start": load_start, "load_avg_1m_end": _load()},
@@ -278,13 +289,14 @@ def _evaluate_detector(path: Path, url: str, key: str, out: Path, cfg: DemoConfi
 def print_summary(report: dict[str, Any]) -> None:
     from .evaluate import Row, format_table
 
-    for name, rep in report["configs"].items():
+    for _name, rep in report["configs"].items():
         rows = [Row(**r) for r in rep["rows"]]
         routing = rep["routing"]
         op = "<=" if routing["metric"] == "entropy" else ">="
         _say("")
         _say(format_table(rows, f"{rep['description']}\n(digits test split, n={rep['data']['n']}; edge SDK against "
-                                f"the service; hybrid = edge answer when {routing['metric']} {op} {routing['threshold']:.4g})"))
+                                f"the service; hybrid = edge answer when {routing['metric']} {op} "
+                                f"{routing['threshold']:.4g})"))
     if "detection" in report:
         from .detect.demo import summary
 

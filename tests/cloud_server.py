@@ -23,13 +23,13 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cloud.server import ThreadedServer
 
 REPO = Path(__file__).resolve().parent.parent
-BundlesArg = Union[Sequence[str | os.PathLike], Mapping[str, str | os.PathLike]]
+BundlesArg = Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike]
 
 
 @contextmanager
@@ -63,17 +63,18 @@ def serve_in_thread(bundles: BundlesArg, **settings_overrides) -> Iterator[str]:
 
 @contextmanager
 def serve_subprocess(bundles: BundlesArg, *args: str, env: Mapping[str, str] | None = None,
-                     timeout: float = 180.0) -> Iterator[tuple[str, subprocess.Popen]]:
+                     timeout: float = 180.0, python: str | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """``python -m edge_sdk.cli serve BUNDLE... --port 0 --port-file F *args``; yields (base_url, Popen).
 
-    On exit the process gets SIGTERM (if it is still running) and is waited for;
+    ``python`` is this interpreter unless given (the interop tests run in a side environment and start the
+    service with the main one). On exit the process gets SIGTERM (if it is still running) and is waited for;
     its combined output is at ``proc.log_path``.
     """
     items = [f"{k}={v}" for k, v in bundles.items()] if isinstance(bundles, Mapping) else [str(b) for b in bundles]
     tmp = Path(tempfile.mkdtemp(prefix="hv-serve-"))
     atexit.register(shutil.rmtree, tmp, True)  # callers may read the log after the block; clean up at exit
     port_file, log_path = tmp / "port", tmp / "serve.log"
-    cmd = [sys.executable, "-m", "edge_sdk.cli", "serve", *items, "--host", "127.0.0.1", "--port", "0",
+    cmd = [python or sys.executable, "-m", "edge_sdk.cli", "serve", *items, "--host", "127.0.0.1", "--port", "0",
            "--port-file", str(port_file), *args]
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
     scheme = "https" if "--ssl-certfile" in args else "http"
@@ -84,7 +85,8 @@ def serve_subprocess(bundles: BundlesArg, *args: str, env: Mapping[str, str] | N
         deadline = time.monotonic() + timeout
         while not port_file.exists():
             if proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {proc.returncode} before it was ready:\n{log_path.read_text()[-3000:]}")
+                tail = log_path.read_text()[-3000:]
+                raise RuntimeError(f"serve exited with {proc.returncode} before it was ready:\n{tail}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"serve not ready after {timeout:g}s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.05)

@@ -12,6 +12,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 QUICK_EPOCHS = int(os.environ.get("HV_TEST_EPOCHS", "12"))
 
+# tests/interop runs the official Triton and KServe clients in their own environment (`make interop`, which sets
+# HV_INTEROP=1); the main run does not collect it.
+collect_ignore = [] if os.environ.get("HV_INTEROP") else ["interop"]
+
 
 @pytest.fixture(scope="session")
 def session_dir(tmp_path_factory) -> Path:

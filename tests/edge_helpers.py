@@ -49,18 +49,20 @@ def to_int8(model, rep: np.ndarray) -> tuple[bytes, QuantParams, QuantParams]:
     return blob, q(i), q(o)
 
 
-def make_tiny_bundle(dest: Path, *, seed: int = 0, threshold: float = 0.5, name: str = "tiny") -> Path:
-    """A bundle with a tiny random-weight grey 8x8 int8 edge model (and its Keras source as the cloud model)."""
-    model = tiny_keras(seed=seed)
+def make_tiny_bundle(dest: Path, *, seed: int = 0, threshold: float = 0.5, name: str = "tiny", size: int = SIZE,
+                     labels: list[str] = LABELS, channels: int = 1) -> Path:
+    """A bundle with a tiny random-weight ``size``x``size`` int8 edge model (grey unless ``channels=3``) and its
+    Keras source as the cloud model."""
+    model = tiny_keras(size=size, channels=channels, classes=len(labels), seed=seed)
     rng = np.random.default_rng(seed)
-    rep = rng.random((32, SIZE, SIZE, 1), dtype=np.float32)
+    rep = rng.random((32, size, size, channels), dtype=np.float32)
     blob, iq, oq = to_int8(model, rep)
     tmp = Path(dest).parent / f".{Path(dest).name}-src"
     tmp.mkdir(parents=True, exist_ok=True)
     model.save(tmp / "cloud.keras")
     manifest = Manifest(
-        name=name, labels=LABELS,
-        input=InputSpec(height=SIZE, width=SIZE, channels=1, color="GRAY"),
+        name=name, labels=labels,
+        input=InputSpec(height=size, width=size, channels=channels, color="GRAY" if channels == 1 else "RGB"),
         preprocess=PreprocessSpec(),
         models={
             "cloud": ModelFile(file="cloud.keras", format="keras"),

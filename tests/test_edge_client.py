@@ -21,6 +21,7 @@ import requests
 import responses
 from edge_helpers import SIZE, cached_tiny_bundle, tiny_images
 
+from edge_sdk.binary import HEADER_LENGTH, split_body
 from edge_sdk.breaker import CircuitBreaker
 from edge_sdk.client import CloudClient, _parse_retry_after, deadline_after
 from edge_sdk.errors import CloudError, CloudUnavailableError, InvalidImageError
@@ -52,9 +53,18 @@ def ok_callback(request):
 
 
 def make(tiny, base=BASE, *, threshold=0.99, deadline_ms=2000, **kw):
-    """A classifier whose edge is always unsure (threshold 0.99 on a tiny random model), so it asks the cloud."""
+    """A classifier whose edge is always unsure (threshold 0.99 on a tiny random model), so it asks the cloud.
+
+    The mocked cloud is a v2 server without ``GET /v2`` (404), so the SDK talks JSON to it.
+    """
+    responses.upsert(responses.GET, f"{BASE}/v2", status=404, json={"error": "not found"})
     kw.setdefault("probes", [])
     return HybridClassifier.from_bundle(tiny, cloud_url=base, threshold=threshold, deadline_ms=deadline_ms, **kw)
+
+
+def infer_calls() -> list:
+    """The mocked infer requests (the SDK's one ``GET /v2`` left out)."""
+    return [c for c in responses.calls if c.request.method == "POST"]
 
 
 @pytest.fixture
@@ -76,7 +86,7 @@ def test_unsure_edge_asks_cloud_with_a_v2_request(tiny, edge_answer):
     assert (p.source, p.reason, p.label) == ("cloud", "low_confidence", "c2")
     assert p.cloud_confidence == pytest.approx(0.9) and p.edge_confidence == pytest.approx(edge.confidence)
     assert p.cloud_error is None and {"preprocess", "edge", "cloud", "total"} <= set(p.latency_ms)
-    req = responses.calls[0].request
+    req = infer_calls()[0].request
     assert req.headers["Authorization"] == "Bearer s3cret"
     assert "s3cret" not in repr(clf.cloud)
     body = json.loads(req.body)
@@ -99,14 +109,14 @@ def test_upload_tensor_and_original(tiny, tmp_path):
     big = cv2.resize(img, (SIZE * 4, SIZE * 4), interpolation=cv2.INTER_NEAREST)
     cv2.imwrite(str(path), big)
     assert make(tiny, upload="tensor").predict(img).source == "cloud"
-    t = json.loads(responses.calls[0].request.body)["inputs"][0]
+    t = json.loads(infer_calls()[0].request.body)["inputs"][0]
     assert (t["datatype"], t["shape"]) == ("UINT8", [1, SIZE, SIZE, 1])  # a grey model gets grey pixels
     grey = cv2.cvtColor(np.ascontiguousarray(img[..., ::-1]), cv2.COLOR_RGB2GRAY)  # BGR in -> RGB -> grey
     assert np.array_equal(np.asarray(t["data"], np.uint8).reshape(SIZE, SIZE), grey)
     make(tiny, upload="original").predict(str(path))
-    assert base64.b64decode(json.loads(responses.calls[1].request.body)["inputs"][0]["data"][0]) == path.read_bytes()
+    assert base64.b64decode(json.loads(infer_calls()[1].request.body)["inputs"][0]["data"][0]) == path.read_bytes()
     make(tiny, upload="original").predict(img)  # an array: sent as lossless PNG of the full image
-    png = base64.b64decode(json.loads(responses.calls[2].request.body)["inputs"][0]["data"][0])
+    png = base64.b64decode(json.loads(infer_calls()[2].request.body)["inputs"][0]["data"][0])
     assert np.array_equal(decode_bytes(png), img[..., ::-1])
 
 
@@ -115,7 +125,72 @@ def test_confident_edge_never_calls_cloud(tiny, edge_answer):
     img, edge = edge_answer
     p = make(tiny, threshold=0.01).predict(img)
     assert (p.source, p.reason, p.label) == ("edge", "confident", edge.label)
-    assert len(responses.calls) == 0 and p.bytes_sent == 0
+    assert len(infer_calls()) == 0 and p.bytes_sent == 0
+
+
+# --- binary tensor data, where the server says it speaks it -----------------------------------
+
+
+def binary_answer(request):
+    """A v2 server's binary answer to a binary request: probabilities as raw little-endian float32."""
+    head_len = int(request.headers[HEADER_LENGTH])
+    doc = json.loads(request.body[:head_len])
+    assert doc["outputs"] == [{"name": "probabilities", "parameters": {"binary_data": True}}] and doc["id"]
+    n = doc["inputs"][0]["shape"][0]
+    raw = np.asarray(v2_answer(n)["outputs"][0]["data"], "<f4").tobytes()
+    head = json.dumps({"model_name": "tiny", "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [n, 4],
+                                                          "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    return 200, {HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"}, head + raw
+
+
+@responses.activate
+def test_binary_tensors_to_a_server_that_lists_the_extension(tiny, edge_answer):
+    import cv2
+
+    img, _ = edge_answer
+    responses.upsert(responses.GET, f"{BASE}/v2", json={"name": "triton", "version": "2",
+                                                        "extensions": ["binary_tensor_data"]})
+    responses.add_callback(responses.POST, URL, callback=binary_answer)
+    clf = HybridClassifier.from_bundle(tiny, cloud_url=BASE, threshold=0.99, probes=[], upload="tensor")
+    assert clf.cloud.negotiate()
+    p = clf.predict(img)
+    assert (p.source, p.label, p.cloud_confidence) == ("cloud", "c2", pytest.approx(0.9))
+    req = infer_calls()[0].request
+    assert req.headers["Content-Type"] == "application/octet-stream" and p.bytes_sent == len(req.body)
+    head, raw = split_body(req.body, req.headers[HEADER_LENGTH])
+    grey = cv2.cvtColor(np.ascontiguousarray(img[..., ::-1]), cv2.COLOR_RGB2GRAY)
+    assert bytes(raw) == grey.tobytes() and json.loads(head)["inputs"][0]["parameters"]["binary_data_size"] == SIZE ** 2
+
+
+@responses.activate
+def test_a_binary_answer_that_does_not_frame_is_a_bad_response(tiny, edge_answer):
+    img, edge = edge_answer
+    responses.upsert(responses.GET, f"{BASE}/v2", json={"extensions": ["binary_tensor_data"]})
+    head = json.dumps({"model_name": "tiny", "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [1, 4],
+                                                          "parameters": {"binary_data_size": 16}}]}).encode()
+    responses.post(URL, body=head + b"\0" * 8, headers={HEADER_LENGTH: str(len(head))})  # 8 of 16 bytes
+    clf = HybridClassifier.from_bundle(tiny, cloud_url=BASE, threshold=0.99, probes=[])
+    assert clf.cloud.negotiate()
+    p = clf.predict(img)
+    assert (p.source, p.reason, p.label) == ("edge", "cloud_error:bad_response", edge.label)
+    assert "past the end" in p.cloud_error
+
+
+@responses.activate
+def test_a_server_that_cannot_say_gets_json_and_is_asked_again_later(tiny, edge_answer):
+    img, _ = edge_answer
+    responses.upsert(responses.GET, f"{BASE}/v2", status=503, json={"error": "warming up"})
+    responses.add_callback(responses.POST, URL, callback=ok_callback)
+    clf = HybridClassifier.from_bundle(tiny, cloud_url=BASE, threshold=0.99, probes=[])
+    assert clf.cloud.negotiate() is False
+    asked = len([c for c in responses.calls if c.request.method == "GET"])
+    for _ in range(3):
+        assert clf.predict(img).source == "cloud"
+    assert all(c.request.headers["Content-Type"] == "application/json" for c in infer_calls())
+    assert len([c for c in responses.calls if c.request.method == "GET"]) == asked  # not again within PROBE_RETRY_S
+    clf.cloud._next_probe = 0.0
+    responses.upsert(responses.GET, f"{BASE}/v2", json={"extensions": ["binary_tensor_data"]})
+    assert clf.cloud.speaks_binary is False and clf.cloud.negotiate() is True  # asked again once due
 
 
 # --- the fault matrix ------------------------------------------------------------------------
@@ -149,7 +224,7 @@ def test_fault_yields_edge_answer_with_reason(tiny, edge_answer, name, mock, rea
     assert (p.source, p.reason) == ("edge", reason)
     assert p.label == edge.label and p.confidence == pytest.approx(edge.confidence)
     assert p.cloud_error and p.cloud_confidence is None
-    assert len(responses.calls) == calls  # retries only on connection errors and 503
+    assert len(infer_calls()) == calls  # retries only on connection errors and 503
     assert clf.stats().by_reason == {reason: 1}
 
 
@@ -162,8 +237,8 @@ def test_503_retry_after_is_honoured_then_succeeds(tiny, edge_answer):
     p = make(tiny).predict(img)
     assert (p.source, p.reason) == ("cloud", "low_confidence")
     assert time.perf_counter() - t >= 0.2
-    assert len(responses.calls) == 2
-    assert p.bytes_sent == 2 * len(responses.calls[0].request.body)  # both attempts counted
+    assert len(infer_calls()) == 2
+    assert p.bytes_sent == 2 * len(infer_calls()[0].request.body)  # both attempts counted
 
 
 @responses.activate
@@ -173,7 +248,7 @@ def test_503_retry_after_beyond_the_deadline_is_not_waited_for(tiny, edge_answer
     t = time.perf_counter()
     p = make(tiny, deadline_ms=500).predict(img)
     assert (p.source, p.reason, p.label) == ("edge", "cloud_error:overloaded", edge.label)
-    assert time.perf_counter() - t < 0.3 and len(responses.calls) == 1
+    assert time.perf_counter() - t < 0.3 and len(infer_calls()) == 1
 
 
 @responses.activate
@@ -211,7 +286,7 @@ def test_invalid_image_raises_before_any_call(tiny):
     for bad in (b"", b"not an image", np.zeros((4, 4, 2), np.uint8), np.zeros((4, 4, 3), np.float32), 42):
         with pytest.raises(InvalidImageError):
             clf.predict(bad)
-    assert len(responses.calls) == 0
+    assert len(infer_calls()) == 0
     assert clf.stats().errors == {"invalid_image": 5}
 
 
@@ -233,7 +308,7 @@ def test_breaker_opens_then_half_opens_and_closes(tiny, edge_answer):
     clf = make(tiny, breaker=CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=clock))
     reasons = [clf.predict(img).reason for _ in range(5)]
     assert reasons == ["cloud_error:http_500"] * 3 + ["circuit_open"] * 2
-    assert len(responses.calls) == 3  # no calls while open
+    assert len(infer_calls()) == 3  # no calls while open
     assert clf.stats().breaker.state == "open"
     clock.t = 30  # cool-down over: one probe; the server has recovered
     responses.reset()
@@ -241,7 +316,7 @@ def test_breaker_opens_then_half_opens_and_closes(tiny, edge_answer):
     assert clf.stats().breaker.state == "half_open"
     p = clf.predict(img)
     assert (p.source, p.reason) == ("cloud", "low_confidence")
-    assert clf.stats().breaker.state == "closed" and len(responses.calls) == 1
+    assert clf.stats().breaker.state == "closed" and len(infer_calls()) == 1
 
 
 @responses.activate
@@ -268,8 +343,8 @@ def test_batch_sends_only_the_unsure_ones_in_one_request(tiny):
     assert 0 < len(unsure) < len(imgs)
     responses.add_callback(responses.POST, URL, callback=ok_callback)
     preds = make(tiny, threshold=threshold).predict_batch(imgs)
-    assert len(responses.calls) == 1
-    assert json.loads(responses.calls[0].request.body)["inputs"][0]["shape"] == [len(unsure)]
+    assert len(infer_calls()) == 1
+    assert json.loads(infer_calls()[0].request.body)["inputs"][0]["shape"] == [len(unsure)]
     assert [i for i, p in enumerate(preds) if p.source == "cloud"] == unsure
     for i, p in enumerate(preds):
         if i in unsure:
@@ -283,7 +358,7 @@ def test_batch_cloud_failure_keeps_every_edge_answer(tiny):
     imgs = tiny_images(4, seed=6)
     responses.post(URL, status=500, json={"error": "boom"})
     preds = make(tiny).predict_batch(imgs)
-    assert len(responses.calls) == 1
+    assert len(infer_calls()) == 1
     assert all(p.source == "edge" and p.reason == "cloud_error:http_500" and p.cloud_error for p in preds)
 
 
@@ -459,6 +534,7 @@ def test_real_slow_server_never_outlives_the_deadline(tiny, edge_answer, loopbac
 def test_real_server_answers_and_keeps_the_connection_alive(tiny, edge_answer, loopback):
     img, _ = edge_answer
     clf = make(tiny, loopback())
+    assert clf.cloud.negotiate() is False  # no GET /v2 there (501); asked on its own connection, reused after
     for _ in range(3):
         assert clf.predict(img).source == "cloud"
     pool = next(iter(clf.cloud.session.adapters["http://"].poolmanager.pools._container.values()))

@@ -58,14 +58,15 @@ def test_big_little_trains_a_separate_edge_network(tmp_path):
         for i in range(12):
             img = np.clip(rng.normal(0, 30, (40, 40, 3)) + colour, 0, 255).astype(np.uint8)
             cv2.imwrite(str(root / f"c{c}" / f"{i}.png"), img)
-    b = train(TrainConfig(data=str(root), out=str(tmp_path / "bl"), input_size=32, edge_arch="mobilenetv2",
+    b = train(TrainConfig(data=str(root), out=str(tmp_path / "bl"), input_size=32, arch="cnn", edge_arch="mobilenetv2",
                           edge_width=0.35, epochs=2, patience=2, progress=False))
     loaded = load_bundle(b.path)
     assert set(loaded.manifest.models) == {"cloud", "edge_source"}
     rep = loaded.manifest.reports["train"]
     assert rep["edge_source"]["arch"] == "mobilenetv2"
     assert rep["edge_source"]["params"] < rep["cloud"]["params"]
-    assert loaded.manifest.input.channels == 3 and rep["config"]["flip"] is True
+    assert loaded.manifest.input.channels == 3 and rep["recipe"]["augment"]["flip"] is True
+    assert rep["edge_source"]["distilled"] is True
 
 
 def _tiny_model(tmp_path, softmax: bool):

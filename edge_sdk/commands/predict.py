@@ -11,6 +11,9 @@ HELP = "classify images with a bundle's int8 model, asking the cloud for the har
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Args:
+    p: the sub-command's parser.
+    """
     p.add_argument("bundle", help="bundle directory (after `hybrid-vision quantize`)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, WebP)")
     p.add_argument("--cloud-url", default=None,
@@ -30,6 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Classify each image, one line each (or one JSON object each with --json).
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        0, or 1 when any image got no answer, 2 for --metric without --threshold.
+    """
     from edge_sdk.errors import HybridVisionError, InvalidImageError
     from edge_sdk.hybrid import HybridClassifier
 

@@ -13,12 +13,14 @@ def add_arguments(p) -> None:
                    help="image folder (one sub-folder per label), or 'digits': the bundle's own test split "
                         "when it was trained on the built-in digits (likewise for the folder it was trained on)")
     p.add_argument("--cloud-url", default=None,
-                   help="a running server (hybrid-vision serve, KServe, Triton); default: the bundle's cloud model in-process")
+                   help="a running server (hybrid-vision serve, KServe, Triton); "
+                        "default: the bundle's cloud model in-process")
     p.add_argument("--api-key-env", default="HV_API_KEY", metavar="VAR",
                    help="environment variable holding the server's API key [HV_API_KEY]; never on the command line")
     p.add_argument("--cloud-model", default=None,
                    help="the model's name on the server, if not the bundle's name (Triton/KServe model repositories)")
-    p.add_argument("--upload", choices=("jpeg", "original", "tensor"), default="jpeg", help="what the SDK sends to the cloud [jpeg]")
+    p.add_argument("--upload", choices=("jpeg", "original", "tensor"), default="jpeg",
+                   help="what the SDK sends to the cloud [jpeg]")
     p.add_argument("--deadline-ms", type=float, default=10_000.0, help="per-image deadline for cloud calls [10000]")
     p.add_argument("--out", default=None, help="report folder (default: evaluate-<bundle name>)")
     p.add_argument("--skip-bad", action="store_true",

@@ -46,6 +46,7 @@ def format_report(r: dict[str, Any]) -> str:
         ("  edge TFLite int8", _pct(a["edge_int8"])),
         ("  accuracy drop", f"{t['accuracy_drop_points']:.2f} points (max {t['max_drop_points']:g})"),
         ("  top-1 agreement int8 vs fp32", _pct(t["agreement_int8_vs_fp32"])),
+        *_agreement_rows(t.get("agreement_int8_vs_fp32_by_class")),
         ("  mean |p_int8 - p_fp32|", f"{t['mean_abs_prob_diff']:.5f}"),
         ("size fp32 TFLite / int8", f"{s['tflite_fp32'] / 1024:.1f} KiB / {s['tflite_int8'] / 1024:.1f} KiB "
                                     f"({s['ratio_fp32_over_int8']:.2f}x smaller)"),
@@ -58,6 +59,15 @@ def format_report(r: dict[str, Any]) -> str:
         rows.append(("  float op", f"#{o['index']} {o['op']}({', '.join(o['inputs'])}) -> {', '.join(o['outputs'])}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _agreement_rows(by_class: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """One row: the agreement of each class (true label), lowest first, so a class int8 hurts stands out."""
+    if not by_class:
+        return []
+    pc = sorted(((v["agreement"], k) for k, v in by_class["per_class"].items() if v["agreement"] is not None))
+    return [("    by class (lowest first)", ", ".join(f"{k} {_pct(a)}" for a, k in pc[:12])
+             + (f", ... ({len(pc) - 12} more)" if len(pc) > 12 else ""))]
 
 
 def format_calibration(c: dict[str, Any]) -> str:

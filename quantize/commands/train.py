@@ -2,38 +2,56 @@
 
 from __future__ import annotations
 
+import argparse
+
 HELP = ("train a CNN on an image folder (one sub-folder per class) or --data digits, or with --task detect a "
         "detector on COCO JSON / YOLO txt (or --data shapes); write a bundle")
+ARCH_CHOICES = ["resnet", "resnet_edge", "cnn", "mobilenetv2"]
 
 
 def add_arguments(p) -> None:
     p.add_argument("--task", choices=["classify", "detect"], default="classify",
                    help="classify: what the image shows; detect: where and how big each object is [classify]")
-    p.add_argument("--data", default=None, help="image folder, or 'digits' (built in) [digits]; with --task detect: "
-                   "a COCO JSON or YOLO txt folder, or 'shapes' (built in) [shapes]")
+    p.add_argument("--data", default=None,
+                   help="image folder (one sub-folder per class, or train/ and test/ folders of those), or 'digits' "
+                        "(built in) [digits]; with --task detect: a COCO JSON or YOLO txt folder, or 'shapes' "
+                        "(built in) [shapes]")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--name", help="model name (default: the --out folder's name)")
-    p.add_argument("--arch", default="cnn", choices=["cnn", "mobilenetv2"], help="cloud architecture [cnn]")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier [1.0]")
-    p.add_argument("--edge-arch", choices=["cnn", "mobilenetv2"],
-                   help="also train a smaller edge network (big/little); default: edge = the same CNN")
-    p.add_argument("--edge-width", type=float, default=0.5, help="edge width multiplier [0.5]")
-    p.add_argument("--input-size", type=int,
-                   help="square input side (default 32 for digits, 96 otherwise; 160 for detection)")
-    p.add_argument("--grayscale", action="store_true", default=None, help="one-channel input (default for digits)")
+    p.add_argument("--arch", choices=[*ARCH_CHOICES, "kmeans"],
+                   help="cloud architecture [from the data: resnet for photos, cnn for small grey shapes, kmeans "
+                        "(k-means features + logistic regression) for small data]")
+    p.add_argument("--width", type=float, help="cloud width multiplier [from the data]")
+    p.add_argument("--edge-arch", choices=ARCH_CHOICES,
+                   help="train a separate edge network (big/little) [the cloud model if its int8 file fits "
+                        "--edge-max-kb, else resnet_edge]")
+    p.add_argument("--edge-width", type=float, help="edge width multiplier [the widest that fits --edge-max-kb]")
+    p.add_argument("--edge-max-kb", type=float, default=256.0, help="size budget of the int8 edge file in KB [256]")
+    p.add_argument("--no-distill", action="store_true", help="train the edge model on the labels only")
+    p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature [4]")
+    p.add_argument("--input-size", type=int, help="square input side [the median image side, within 16..96]")
+    p.add_argument("--grayscale", action="store_true", default=None, help="one-channel input [if the images are grey]")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="mirror-flip augmentation [on, except small grey images]")
     p.add_argument("--resize", default="stretch", choices=["stretch", "letterbox", "center_crop"])
-    p.add_argument("--epochs", type=int, default=None, help="most epochs [40; 30 for detection]")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs [8]")
+    p.add_argument("--epochs", type=int, help="training epochs of the cloud model [from the data size]")
+    p.add_argument("--edge-epochs", type=int, help="training epochs of the edge model [as --epochs]")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs [from the data size]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-baseline", action="store_true", help="skip the scikit-learn baseline")
+    add_detect_arguments(p)
+
+
+def add_detect_arguments(p) -> None:
+    """The options only ``--task detect`` reads (its --input-size defaults to 160, --epochs to 30)."""
     p.add_argument("--detector", choices=["small", "large"], default="large",
                    help="detection: the cloud detector's size [large]")
     p.add_argument("--edge-detector", choices=["small", "large"],
                    help="detection: also train this detector for the device (big/little); default: the same detector")
     p.add_argument("--init", metavar="KERAS",
                    help="detection: start from this saved detector's weights (e.g. a bundle's cloud.keras) to train on")
-    p.add_argument("--flip", action="store_true", help="detection: random horizontal flips (not for text or digits)")
     p.add_argument("--skip-bad", action="store_true",
                    help="detection: leave out images with bad annotations, report and count them (default: stop "
                         "at the first, naming its file and line)")
@@ -45,9 +63,9 @@ def run_detect(args) -> int:
 
     cfg = DetectTrainConfig(
         data=args.data or "shapes", out=args.out, name=args.name, model=args.detector, edge_model=args.edge_detector,
-        input_size=args.input_size or 160, resize=args.resize, epochs=args.epochs or 30, batch_size=args.batch_size,
-        seed=args.seed, augment=not args.no_augment, flip=args.flip, skip_bad=args.skip_bad, progress=not args.quiet,
-        init=args.init,
+        input_size=args.input_size or 160, resize=args.resize, epochs=args.epochs or 30,
+        batch_size=args.batch_size or 32, seed=args.seed, augment=not args.no_augment, flip=bool(args.flip),
+        skip_bad=args.skip_bad, progress=not args.quiet, init=args.init,
     )
     bundle = train_detector(cfg)
     rep = bundle.manifest.reports["train"]
@@ -74,18 +92,32 @@ def run(args) -> int:
         return run_detect(args)
     cfg = TrainConfig(
         data=args.data or "digits", out=args.out, name=args.name, arch=args.arch, width=args.width,
-        edge_arch=args.edge_arch, edge_width=args.edge_width, input_size=args.input_size,
-        grayscale=args.grayscale, resize=args.resize, epochs=args.epochs or 40, batch_size=args.batch_size,
-        patience=args.patience, seed=args.seed, augment=not args.no_augment, progress=not args.quiet,
+        edge_arch=args.edge_arch, edge_width=args.edge_width, edge_max_kb=args.edge_max_kb, distill=not args.no_distill,
+        temperature=args.temperature, input_size=args.input_size, grayscale=args.grayscale, flip=args.flip,
+        resize=args.resize, epochs=args.epochs, edge_epochs=args.edge_epochs, batch_size=args.batch_size,
+        patience=args.patience, seed=args.seed, augment=not args.no_augment, baseline=not args.no_baseline,
+        progress=not args.quiet,
     )
     bundle = train(cfg)
-    rep = bundle.manifest.reports["train"]
-    print(f"bundle written: {bundle.path}")
+    print_summary(bundle.path, bundle.manifest.reports["train"])
+    return 0
+
+
+def print_summary(path, rep: dict) -> None:
+    print(f"bundle written: {path}")
     for role in ("cloud", "edge_source"):
         if role in rep:
             r = rep[role]
             print(f"  {role:12s} {r['arch']} x{r['width']:g}: test accuracy {r['test']['accuracy']:.4f}, "
                   f"macro-F1 {r['test']['macro_f1']:.4f}, {r['params']:,} params, "
                   f"{r['epochs_run']} epochs (best {r['best_epoch']}), {r['seconds']:.1f}s")
+    base = rep.get("baseline")
+    if base:
+        acc = base["test_accuracy"]
+        print(f"  {'baseline':12s} {base['method']}: test accuracy {'n/a' if acc is None else f'{acc:.4f}'}")
+        for w in base.get("warnings", []):
+            print(f"  WARNING: {w}")
+    plan = rep.get("edge_plan", {})
+    if plan.get("role") == "cloud":
+        print(f"  edge         the int8 copy of the cloud model ({plan['reason']})")
     print(f"  total {rep['seconds_total']:.1f}s; skipped files: {rep['skipped']['count']}")
-    return 0

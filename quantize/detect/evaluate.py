@@ -170,38 +170,60 @@ def draw_examples(ds: DetectionSet, edge: Run, cloud: Run, use_cloud: np.ndarray
     return path
 
 
+def _runs(bundle: Bundle, ds: DetectionSet, cloud_url: str | None, api_key: str | None,
+          progress: bool) -> tuple[Run, Run, Run, np.ndarray]:
+    """(edge, cloud, hybrid runs, which frames the hybrid offloaded): through the SDK against ``cloud_url``, else
+    in-process with the bundle's routing applied to the edge's frame scores."""
+    edge = edge_pass(bundle, ds, progress)
+    if cloud_url:
+        cloud, _ = sdk_pass(bundle, ds, "cloud_only", cloud_url, api_key, progress)
+        hybrid, use_cloud = sdk_pass(bundle, ds, "auto", cloud_url, api_key, progress)
+        return edge, cloud, hybrid, use_cloud
+    cloud = cloud_pass(bundle, ds, progress)
+    r = bundle.manifest.routing
+    use_cloud = np.array([frame_uncertainty(d.scores, r.metric) > r.threshold for d in edge.dets], bool)
+    hybrid = Run([cloud.dets[i] if c else edge.dets[i] for i, c in enumerate(use_cloud)],
+                 edge.ms + np.where(use_cloud, cloud.ms, 0.0))
+    return edge, cloud, hybrid, use_cloud
+
+
+def _write_files(report: dict[str, Any], out: Path, bundle: Bundle, ds: DetectionSet, split: str,
+                 runs: tuple[Run, Run, np.ndarray], matched: tuple[cocoeval.Matched, cocoeval.Matched]) -> None:
+    """The mAP-vs-offload plot (with the curves in the report) and the picture of detections."""
+    from ..calibrate import plot_curves
+    from .calibrate import calibrate
+
+    edge, cloud, use_cloud = runs
+    out.mkdir(parents=True, exist_ok=True)
+    cal = calibrate(edge.dets, *matched, target_gap=0.5)
+    cal.chosen = cal.per_metric.get(bundle.manifest.routing.metric, cal.chosen)
+    report["curves"] = cal.as_dict()["curves"]
+    title = f"{bundle.manifest.name}: mAP@0.5 vs offload on {split} data (n={len(edge.dets)})"
+    report["files"] = {
+        "report": str(out / "report.json"),
+        "map_vs_offload": str(plot_curves(cal, out / PLOT, title, ylabel="hybrid mAP@0.5 (%)")),  # type: ignore[arg-type]
+        "detections": str(draw_examples(ds, edge, cloud, use_cloud, bundle.labels, out / PICTURE,
+                                        min_score=bundle.manifest.detection.report_score)),  # type: ignore[union-attr]
+    }
+
+
 def evaluate_detector(bundle_path: str | Path | Bundle, data: str, *, out_dir: str | Path | None = None,
                       progress: bool = True, skip_bad: bool = False, cloud_url: str | None = None,
                       api_key: str | None = None) -> dict[str, Any]:
     """Score edge-only, cloud-only and hybrid; write report.json, the curve plot and a picture to ``out_dir``."""
-    from ..calibrate import plot_curves
-    from .calibrate import calibrate
-
     bundle = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)
     if bundle.manifest.task != "detect" or not bundle.has("edge"):
         raise DetectEvaluateError(f"{bundle.path}: needs a detect bundle with an int8 edge model (run quantize first)")
     t0 = time.perf_counter()
     ds, split = resolve_data(bundle, data, skip_bad)
-    edge = edge_pass(bundle, ds, progress)
-    if cloud_url:
-        cloud, _ = sdk_pass(bundle, ds, "cloud_only", cloud_url, api_key, progress)
-        hybrid, use_cloud = sdk_pass(bundle, ds, "auto", cloud_url, api_key, progress)
-    else:
-        cloud = cloud_pass(bundle, ds, progress)
+    edge, cloud, hybrid, use_cloud = _runs(bundle, ds, cloud_url, api_key, progress)
     gt = cocoeval.ground_truth_from(ds.records, bundle.labels)
-    m_edge = cocoeval.Matched(gt, edge.dets)
-    m_cloud = cocoeval.Matched(gt, cloud.dets, m_edge.coco_gt)
-    r = bundle.manifest.routing
-    u = np.array([frame_uncertainty(d.scores, r.metric) for d in edge.dets])
-    if not cloud_url:
-        use_cloud = u > r.threshold
-        hybrid = Run([cloud.dets[i] if c else edge.dets[i] for i, c in enumerate(use_cloud)],
-                     edge.ms + np.where(use_cloud, cloud.ms, 0.0))
     rows = []
     for name, run, off in (("edge-only", edge, 0.0), ("cloud-only", cloud, 1.0), ("hybrid", hybrid, use_cloud.mean())):
         s = cocoeval.score(gt, run.dets)
-        rows.append(Row(name, len(u), s.map50, s.map, float(off), float(run.ms.mean()),
+        rows.append(Row(name, len(ds.records), s.map50, s.map, float(off), float(run.ms.mean()),
                         float(np.percentile(run.ms, 95)), s.per_class_ap50))
+    r = bundle.manifest.routing
     report: dict[str, Any] = {
         "bundle": str(bundle.path), "name": bundle.manifest.name, "task": "detect", "labels": bundle.labels,
         "data": {"source": ds.source, "split": split, "n": len(ds.records), "boxes": ds.num_boxes,
@@ -212,18 +234,9 @@ def evaluate_detector(bundle_path: str | Path | Bundle, data: str, *, out_dir: s
         "model_bytes": {k: bundle.model_path(k).stat().st_size for k in ("edge", "cloud") if bundle.has(k)},
     }
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        cal = calibrate(edge.dets, m_edge, m_cloud, target_gap=0.5)
-        cal.chosen = cal.per_metric.get(r.metric, cal.chosen)
-        report["curves"] = cal.as_dict()["curves"]
-        report["files"] = {
-            "report": str(out / "report.json"),
-            "map_vs_offload": str(plot_curves(cal, out / PLOT, f"{bundle.manifest.name}: mAP@0.5 vs offload on {split} "
-                                              f"data (n={len(u)})", ylabel="hybrid mAP@0.5 (%)")),  # type: ignore[arg-type]
-            "detections": str(draw_examples(ds, edge, cloud, use_cloud, bundle.labels, out / PICTURE,
-                                            min_score=bundle.manifest.detection.report_score)),  # type: ignore[union-attr]
-        }
+        m_edge = cocoeval.Matched(gt, edge.dets)
+        _write_files(report, Path(out_dir), bundle, ds, split, (edge, cloud, use_cloud),
+                     (m_edge, cocoeval.Matched(gt, cloud.dets, m_edge.coco_gt)))
     report["seconds"] = round(time.perf_counter() - t0, 2)
     if out_dir is not None:
         (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
