@@ -92,3 +92,25 @@ def test_detect_bundle_metadata_and_errors(url):
     assert r.status_code == 400
     r = requests.post(url + "/v1/detect", data=b"junk", headers={"Content-Type": "image/png"}, timeout=30)
     assert r.status_code in (415, 422)
+
+
+def test_v2_infer_binary_tensors_carry_the_same_detections(url):
+    from edge_sdk import binary
+    from edge_sdk.protocol import images_payload, read_response
+
+    imgs = [image(96, 128, 0), image(64, 64, 1)]
+    names = ("boxes", "scores", "classes", "count")
+    as_json = requests.post(url + "/v2/models/shapes_det/infer", timeout=60,
+                            json=images_payload(imgs, outputs=names).json_doc()).json()
+    enc = images_payload(imgs, outputs=names).encode(binary_data=True)
+    r = requests.post(url + "/v2/models/shapes_det/infer", data=enc.body, headers=enc.headers, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/octet-stream"
+    head, data = read_response(r.content, r.headers.get(binary.HEADER_LENGTH))
+    raws = binary.slice_data([(o["name"], binary.binary_size(o["parameters"], o["name"])) for o in head["outputs"]],
+                             data)
+    want = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in as_json["outputs"]}
+    for o, raw in zip(head["outputs"], raws, strict=True):
+        got = np.frombuffer(raw, binary.NUMPY_TYPES[o["datatype"]]).reshape(o["shape"])
+        np.testing.assert_allclose(got, want[o["name"]], atol=1e-5)
+    assert [o["name"] for o in head["outputs"]] == list(names)
