@@ -10,7 +10,7 @@ INTEROP_PY   := $(INTEROP_VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast lint venv clean bench interop interop-venv
+.PHONY: demo test test-fast lint venv clean bench bench-detect interop interop-venv
 
 venv: $(VENV)/.installed
 
@@ -51,6 +51,10 @@ bench: venv
 	$(PY) benchmarks/quantize_bench.py
 	$(PY) benchmarks/edge_bench.py
 	$(PY) benchmarks/cloud_bench.py
+
+# Detection targets on the built-in shapes set; BUNDLE=a trained, quantized detect bundle, else it trains one (slow)
+bench-detect: venv
+	$(PY) benchmarks/detect_bench.py $(if $(BUNDLE),--bundle $(BUNDLE))
 
 clean:
 	rm -rf $(VENV) $(INTEROP_VENV) demo-out .pytest_cache .hypothesis

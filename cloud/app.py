@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge_sdk import binary
 from edge_sdk.bundle import Bundle, load_bundle
+from edge_sdk.detection import SERVED_OUTPUTS
 from edge_sdk.errors import BundleError, InvalidImageError
 from edge_sdk.preprocess import cv2
 from edge_sdk.protocol import RepositoryModel, ServerMetadata
@@ -72,7 +73,8 @@ def load_bundles(bundles: BundlesArg) -> dict[str, Bundle]:
 def model_input(bundle: Bundle, settings: Settings) -> ModelInput:
     """How a model's requests become tensors: its manifest's input and preprocessing, the settings' limits."""
     m = bundle.manifest
-    return ModelInput(m.input, m.preprocess, settings.image_limits, settings.max_request_images)
+    outputs = {"outputs": SERVED_OUTPUTS} if m.task == "detect" else {}  # a detector's v2 outputs are its own
+    return ModelInput(m.input, m.preprocess, settings.image_limits, settings.max_request_images, **outputs)
 
 
 class ServiceApp(FastAPI):

@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI, Header, Query
 from fastapi.openapi.utils import get_openapi
 
 from edge_sdk.binary import HEADER_LENGTH
+from edge_sdk.detection import DetectResponse
 from edge_sdk.protocol import ClassifyResponse, ErrorBody, InferRequest, InferResponse
 
 ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 413, 415, 422, 429, 503)}
@@ -25,7 +26,8 @@ BINARY_ANSWER = {"content": {"application/octet-stream": {"schema": {"type": "st
                                 f"{HEADER_LENGTH} response header), then the outputs' raw data"}
 INFER_RESPONSES = {**ERRORS, 200: BINARY_ANSWER}
 INFER_DOC = """KServe v2 inference: encoded images (BYTES) or a UINT8/FP32 NHWC tensor named `image`;
-outputs `probabilities` FP32 [N, C] and `label` BYTES [N].
+outputs `probabilities` FP32 [N, C] and `label` BYTES [N], or for a detect bundle `boxes` FP32 [N, K, 4],
+`scores` FP32 [N, K], `classes` INT64 [N, K] and `count` INT32 [N].
 
 JSON (`application/json`): BYTES elements are base64 strings. Binary tensor data (Triton's
 `binary_tensor_data` extension, the tritonclient and kserve default): the body is the JSON request, its
@@ -45,6 +47,13 @@ def hot_routes(bench: bool) -> APIRouter:
     async def classify(model: str | None = Query(None, description="model name; needed when several are served"),
                        top_k: int = Query(5, ge=1, le=1000, description="how many labels to list")):
         """Classify one image sent as the raw body: `curl --data-binary @img.png -H 'Content-Type: image/png'`."""
+
+    @router.post("/v1/detect", tags=["detect"], response_model=DetectResponse, responses=ERRORS,
+                 openapi_extra=IMAGE_BODY)
+    async def detect(model: str | None = Query(None, description="model name; needed when several are served"),
+                     min_score: float | None = Query(None, ge=0, le=1, description="lowest score listed "
+                                                     "[the bundle's report_score]")):
+        """Detect the objects in one image sent as the raw body (a detect bundle); boxes in its pixels."""
 
     @router.post("/v2/models/{name}/infer", tags=["models"], response_model=InferResponse,
                  responses=INFER_RESPONSES, openapi_extra=INFER_BODY, description=INFER_DOC)

@@ -25,6 +25,7 @@ from typing import Protocol
 from edge_sdk.bundle import Bundle
 
 from .batching import Batcher, Outputs
+from .detect_model import DetectCloudModel
 from .inputs import InferAsk, Job, ModelInput
 from .metrics import Metrics
 from .model import CloudModel, configure_threads, plan_instances, select_backend
@@ -67,8 +68,10 @@ EngineFactory = Callable[[str, Bundle, ModelInput, Metrics], ModelEngine]
 
 
 def load_cloud_model(bundle: Bundle, name: str, settings: Settings) -> CloudModel:
-    """The bundle's cloud model, as every engine loads it (here, and in each Ray replica)."""
-    return CloudModel(bundle, name=name, max_batch_size=settings.max_batch_size, backend=settings.backend)
+    """The bundle's cloud model, as every engine loads it (here, and in each Ray replica): a detect bundle's
+    gives packed detections (``cloud.detect_model``), a classifier's probabilities."""
+    cls = DetectCloudModel if bundle.manifest.task == "detect" else CloudModel
+    return cls(bundle, name=name, max_batch_size=settings.max_batch_size, backend=settings.backend)
 
 
 class LocalEngine:

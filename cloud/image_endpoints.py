@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from edge_sdk.binary import HEADER_LENGTH
 from edge_sdk.imageinfo import read_info
 
+from .detect_outputs import detect_body
 from .errors import ApiError, describe
 from .inputs import Job
 from .outputs import encode_answer, infer_document
@@ -44,7 +45,8 @@ IMAGE_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "image/bmp", "i
 INFER_TYPES = frozenset({"application/json", "application/octet-stream"})
 JSON_CHARSETS = frozenset({"utf-8", "utf8"})
 TEMPLATES = {"classify": "/v1/classify", "infer": "/v2/models/{name}/infer",
-             "infer_version": "/v2/models/{name}/versions/{version}/infer", "noop": "/v1/noop"}
+             "infer_version": "/v2/models/{name}/versions/{version}/infer", "noop": "/v1/noop",
+             "detect": "/v1/detect"}
 LARGE_JSON_VALUES = 20_000  # infer responses bigger than this are serialized in the pool
 _HEADER_LENGTH = HEADER_LENGTH.lower().encode("latin-1")
 
@@ -57,6 +59,8 @@ def match(path: str, bench: bool) -> tuple[str, str | None, str | None] | None:
     """(kind, model name, model version) for a hot endpoint, else None; kind is a key of TEMPLATES."""
     if path == "/v1/classify":
         return "classify", None, None
+    if path == "/v1/detect":
+        return "detect", None, None
     if path.startswith("/v2/models/") and path.endswith("/infer"):
         parts = path[len("/v2/models/"):-len("/infer")].split("/")
         if len(parts) == 1 and parts[0]:
@@ -96,6 +100,8 @@ class ImageEndpoints:
                 body, headers = await self.infer(scope, receive, name, version)
             elif kind == "classify":
                 body = await self.classify(scope, receive)
+            elif kind == "detect":
+                body = await self.detect(scope, receive)
             else:
                 body = await self.noop(scope, receive)
         except ClientGone:
@@ -118,6 +124,8 @@ class ImageEndpoints:
     async def classify(self, scope: Scope, receive: Receive) -> bytes:
         q = dict(parse_qsl(scope["query_string"].decode("latin-1")))
         sm = self.state.resolve(q.get("model"))
+        if sm.is_detector:
+            raise ApiError(400, f"model {sm.name!r} is a detector; send the image to /v1/detect")
         top_k = _int_param(q, "top_k", 5, 1, 1000)
         _check_content_type(scope, IMAGE_TYPES)
         data = await read_body(receive, self.limit)
@@ -138,6 +146,20 @@ class ImageEndpoints:
         if not blobs and probs.size > LARGE_JSON_VALUES:
             return await self.state.in_pool(encode_answer, doc, blobs)
         return encode_answer(doc, blobs)
+
+    async def detect(self, scope: Scope, receive: Receive) -> bytes:
+        """One raw image -> JSON boxes in its pixels (a detect bundle's model)."""
+        q = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        sm = self.state.resolve(q.get("model"))
+        if not sm.is_detector:
+            raise ApiError(400, f"model {sm.name!r} classifies; /v1/detect needs a detect bundle (use /v1/classify)")
+        min_score = _float_param(q, "min_score", sm.bundle.manifest.detection.report_score, 0.0, 1.0)
+        _check_content_type(scope, IMAGE_TYPES)
+        data = await read_body(receive, self.limit)
+        info = read_info(data)
+        rows, _ = await sm.engine.run(Job(data, inline=self._tiny(data)))
+        size = (int(info.height or 0), int(info.width or 0))
+        return _dumps(detect_body(sm.name, sm.bundle, rows[0], size, min_score))
 
     async def noop(self, scope: Scope, receive: Receive) -> bytes:
         """The HTTP ceiling: what /v1/classify does before and after decoding and the model."""
@@ -219,15 +241,23 @@ def _check_infer_type(scope: Scope) -> None:
 
 
 def _int_param(q: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    return _num_param(q, name, default, lo, hi, int, "an integer")
+
+
+def _float_param(q: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    return _num_param(q, name, default, lo, hi, float, "a number")
+
+
+def _num_param(q: dict[str, str], name: str, default, lo, hi, cast, what: str):
     raw = q.get(name)
     if raw is None:
         return default
     try:
-        v = int(raw)
+        v = cast(raw)
     except ValueError:
-        raise ApiError(400, f"invalid query.{name}: {raw!r} is not an integer") from None
+        raise ApiError(400, f"invalid query.{name}: {raw!r} is not {what}") from None
     if not lo <= v <= hi:
-        raise ApiError(400, f"invalid query.{name}: must be between {lo} and {hi}")
+        raise ApiError(400, f"invalid query.{name}: must be between {lo:g} and {hi:g}")
     return v
 
 

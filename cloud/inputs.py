@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from edge_sdk import binary
 from edge_sdk.errors import InvalidImageError, ProtocolError
+from edge_sdk.imageinfo import read_info
 from edge_sdk.preprocess import ImageLimits, InputSpec, PreprocessSpec, preprocess
 from edge_sdk.protocol import INPUT_NAME, LABEL_OUTPUT, PROBS_OUTPUT, InferRequest, RequestedOutput, Tensor
 
@@ -39,6 +40,7 @@ class ModelInput:
     preprocess: PreprocessSpec
     limits: ImageLimits
     max_images: int
+    outputs: tuple[str, ...] = OUTPUTS  # the outputs v2 infer may ask for (a detector has its own)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -52,6 +54,7 @@ class InferAsk:
     id: str | None
     outputs: tuple[str, ...]
     binary_outputs: frozenset[str] = frozenset()  # the outputs to answer as binary data
+    sizes: tuple[tuple[int, int], ...] = ()  # (height, width) of each image as sent
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def parse_infer(body: bytes, spec: ModelInput, header_length: str | None = None)
         req = InferRequest.model_validate_json(head)
     except ValidationError as e:
         raise ApiError(400, _validation_message(e, header_length is None)) from None
-    outputs, binary_outputs = _requested_outputs(req)
+    outputs, binary_outputs = _requested_outputs(req, spec.outputs)
     t = req.inputs[0]
     if t.name != INPUT_NAME:
         raise ApiError(400, f"unknown input {t.name!r}; this model takes one input named {INPUT_NAME!r}")
@@ -116,18 +119,31 @@ def parse_infer(body: bytes, spec: ModelInput, header_length: str | None = None)
         x = _fp32_tensor(t, spec, raw)
     else:
         raise ApiError(422, f"datatype {t.datatype} is not accepted; send BYTES (encoded images), UINT8 or FP32")
-    return ParsedInfer(InferAsk(req.id, outputs, binary_outputs), x)
+    sizes = _sizes(t, spec, raw) if spec.outputs != OUTPUTS else ()
+    return ParsedInfer(InferAsk(req.id, outputs, binary_outputs, sizes), x)
 
 
-def _requested_outputs(req: InferRequest) -> tuple[tuple[str, ...], frozenset[str]]:
-    """(the outputs to send, those to send as binary data): each output's ``binary_data`` wins over the
-    request's ``binary_data_output``."""
+def _sizes(t: Tensor, spec: ModelInput, raw: memoryview | None) -> tuple[tuple[int, int], ...]:
+    """(height, width) of each image as sent: from an encoded image's header, a UINT8 tensor's shape, or the
+    model's input for preprocessed FP32 (only called once the data parsed, so the header reads cleanly)."""
+    if t.datatype == "BYTES":
+        items = binary.unpack_bytes(raw, t.shape[0]) if raw is not None else [b64decode(s) for s in t.data or []]
+        infos = (read_info(bytes(item)) for item in items)
+        return tuple((int(i.height or 0), int(i.width or 0)) for i in infos)
+    if t.datatype == "UINT8":
+        return ((t.shape[1], t.shape[2]),) * t.shape[0]
+    return ((spec.input.height, spec.input.width),) * t.shape[0]
+
+
+def _requested_outputs(req: InferRequest, offered: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
+    """(the outputs to send, those to send as binary data) out of the model's ``offered`` ones: each output's
+    ``binary_data`` wins over the request's ``binary_data_output``."""
     all_binary = _flag(req.parameters, binary.REQUEST_OUTPUT_PARAM, "parameters")
     if not req.outputs:
-        return OUTPUTS, frozenset(OUTPUTS if all_binary else ())
-    unknown = [o.name for o in req.outputs if o.name not in OUTPUTS]
+        return offered, frozenset(offered if all_binary else ())
+    unknown = [o.name for o in req.outputs if o.name not in offered]
     if unknown:
-        raise ApiError(400, f"unknown output(s) {unknown}; this model gives {list(OUTPUTS)}")
+        raise ApiError(400, f"unknown output(s) {unknown}; this model gives {list(offered)}")
     return tuple(dict.fromkeys(o.name for o in req.outputs)), frozenset(
         o.name for o in req.outputs if _output_binary(o, all_binary))
 

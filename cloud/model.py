@@ -213,6 +213,13 @@ def _softmax(y: np.ndarray) -> np.ndarray:
     return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
 
+def _numpy(y):
+    """A backend tensor, or a list of them (a detector's several outputs), as numpy."""
+    if isinstance(y, (list, tuple)):
+        return [_numpy(t) for t in y]
+    return y.numpy() if hasattr(y, "numpy") else np.asarray(y)
+
+
 def _compiled_call(model, backend: str) -> Callable[[np.ndarray], np.ndarray]:
     if backend == "tensorflow":
         import tensorflow as tf
@@ -220,7 +227,7 @@ def _compiled_call(model, backend: str) -> Callable[[np.ndarray], np.ndarray]:
         shape = tuple(model.inputs[0].shape[1:])
         fn = tf.function(lambda t: model(t, training=False),
                          input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
-        return lambda x: fn(tf.constant(x)).numpy()
+        return lambda x: _numpy(fn(tf.constant(x)))
     if backend == "jax":
         import jax
 
@@ -232,14 +239,16 @@ def _compiled_call(model, backend: str) -> Callable[[np.ndarray], np.ndarray]:
             y, _ = model.stateless_call(tv, ntv, x, training=False)
             return y
 
-        return lambda x: np.asarray(jitted(trainable, non_trainable, x))
+        return lambda x: _numpy(jitted(trainable, non_trainable, x))
     if backend == "torch":
         import keras
         import torch
 
         def call(x):
             with torch.inference_mode():
-                return keras.ops.convert_to_numpy(model(x, training=False))
+                y = model(x, training=False)
+                return [keras.ops.convert_to_numpy(t) for t in y] if isinstance(y, (list, tuple)) \
+                    else keras.ops.convert_to_numpy(y)
 
         return call
     raise BackendError(f"unknown backend {backend!r}")

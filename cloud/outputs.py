@@ -13,6 +13,7 @@ import numpy as np
 from edge_sdk import binary
 from edge_sdk.protocol import LABEL_OUTPUT, PROBS_OUTPUT
 
+from .detect_outputs import infer_outputs
 from .inputs import InferAsk
 from .state import ServedModel
 
@@ -21,7 +22,16 @@ BINARY_TYPE = "application/octet-stream"
 
 
 def infer_document(sm: ServedModel, ask: InferAsk, probs: np.ndarray) -> tuple[dict[str, Any], list[bytes]]:
-    """(the JSON document, the binary blobs that follow it, in order)."""
+    """(the JSON document, the binary blobs that follow it, in order); a detect model's rows become boxes."""
+    if sm.is_detector:
+        outputs, blobs = infer_outputs(sm.bundle, probs, ask.sizes, ask.outputs, ask.binary_outputs)
+    else:
+        outputs, blobs = _classify_outputs(sm, ask, probs)
+    doc = {"model_name": sm.name, "model_version": sm.version, "id": ask.id, "outputs": outputs}
+    return doc, blobs
+
+
+def _classify_outputs(sm: ServedModel, ask: InferAsk, probs: np.ndarray) -> tuple[list[dict[str, Any]], list[bytes]]:
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name in ask.outputs:
@@ -29,8 +39,7 @@ def infer_document(sm: ServedModel, ask: InferAsk, probs: np.ndarray) -> tuple[d
         outputs.append(tensor)
         if raw is not None:
             blobs.append(raw)
-    doc = {"model_name": sm.name, "model_version": sm.version, "id": ask.id, "outputs": outputs}
-    return doc, blobs
+    return outputs, blobs
 
 
 def _output(sm: ServedModel, name: str, probs: np.ndarray, as_binary: bool) -> tuple[dict[str, Any], bytes | None]:

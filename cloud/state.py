@@ -79,17 +79,32 @@ class ServedModel:
         return {
             "name": self.name, "versions": [m.version], "platform": f"keras_{self.engine.backend}",
             "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, h, w, c]}],
-            "outputs": [{"name": PROBS_OUTPUT, "datatype": "FP32", "shape": [-1, len(m.labels)]},
-                        {"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": self._outputs(),
             "parameters": {
                 "accepts": ["BYTES [-1]: PNG/JPEG/BMP/WebP images (base64 in JSON, raw as binary tensor data)",
                             "UINT8 [-1, H, W, 1|3|4]: RGB pixels, any size",
                             f"FP32 [-1, {h}, {w}, {c}]: preprocessed as the manifest says"],
                 "labels": m.labels, "input": m.input.model_dump(), "preprocess": m.preprocess.model_dump(),
                 "max_batch_size": self.engine.max_batch_size, "max_request_images": self.spec.max_images,
-                "edge_model": self.edge.sha256 if self.edge else None,
+                "edge_model": self.edge.sha256 if self.edge else None, "task": m.task,
             },
         }
+
+    @property
+    def is_detector(self) -> bool:
+        """A detect bundle: boxes out, on /v1/detect and v2 infer (not /v1/classify)."""
+        return self.bundle.manifest.task == "detect"
+
+    def _outputs(self) -> list[dict]:
+        m = self.bundle.manifest
+        if m.task == "detect":
+            k = m.detection.max_detections if m.detection else -1
+            return [{"name": "boxes", "datatype": "FP32", "shape": [-1, k, 4]},
+                    {"name": "scores", "datatype": "FP32", "shape": [-1, k]},
+                    {"name": "classes", "datatype": "INT64", "shape": [-1, k]},
+                    {"name": "count", "datatype": "INT32", "shape": [-1]}]
+        return [{"name": PROBS_OUTPUT, "datatype": "FP32", "shape": [-1, len(m.labels)]},
+                {"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [-1]}]
 
 
 @dataclass

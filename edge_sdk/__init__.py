@@ -16,10 +16,13 @@ from .errors import (
     UpdateError,
 )
 from .hybrid import HybridClassifier, Prediction
+from .hybrid_detector import Detection, DetectionResult, HybridDetector
 from .options import (
     CloudOptions,
     CollectConfig,
     CollectOptions,
+    DetectorOptions,
+    DetectorOverrides,
     EdgeOptions,
     HybridOptions,
     HybridOverrides,
@@ -38,6 +41,8 @@ from .upload import Staged, Upload
 __all__ = [
     # the classifier and its answers
     "HybridClassifier", "Prediction", "Reason", "Stats", "LatencySummary", "ModelState",
+    # the detector and its answers
+    "HybridDetector", "DetectorOptions", "DetectorOverrides", "DetectionResult", "Detection",
     # options
     "HybridOptions", "HybridOverrides", "RoutingOptions", "CloudOptions", "EdgeOptions", "Mode", "Metric", "Upload",
     # learning from the hard images (opt-in collection, the offline queue)

@@ -16,12 +16,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .detection import DetectionSpec
 from .errors import BundleError
 from .preprocess import InputSpec, PreprocessSpec, QuantParams
 
 SCHEMA_VERSION = "1.0"
+Task = Literal["classify", "detect"]
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 
@@ -46,7 +48,7 @@ class Routing(BaseModel):
     """When the edge answer is good enough; ``calibration`` holds the curve it came from."""
 
     model_config = ConfigDict(extra="forbid")
-    metric: Literal["max_prob", "margin", "entropy"] = "max_prob"
+    metric: Literal["max_prob", "margin", "entropy", "band_mass", "band_count", "top_entropy"] = "max_prob"
     threshold: float = 0.5
     calibration: dict[str, Any] | None = None
 
@@ -65,6 +67,7 @@ class DataInfo(BaseModel):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: str = SCHEMA_VERSION
+    task: Task = "classify"  # absent in bundles made before detection: they classify
     name: str
     version: str = "1"
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -75,17 +78,28 @@ class Manifest(BaseModel):
     routing: Routing = Field(default_factory=Routing)
     data: DataInfo | None = None
     reports: dict[str, Any] = Field(default_factory=dict)
+    detection: DetectionSpec | None = None  # how a detect bundle's outputs decode
 
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: list[str]) -> list[str]:
-        if len(v) < 2:
-            raise ValueError("a classifier needs at least 2 labels")
+        if not v:
+            raise ValueError("a bundle needs at least 1 label")
         if len(set(v)) != len(v):
             raise ValueError("labels must be unique")
         if any(not s.strip() or "\n" in s for s in v):
             raise ValueError("labels must be non-empty single-line strings")
         return v
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> Manifest:
+        if self.task == "classify" and len(self.labels) < 2:
+            raise ValueError("a classifier needs at least 2 labels")
+        if self.task == "detect" and self.detection is None:
+            self.detection = DetectionSpec.model_validate({})
+        if self.task == "classify" and self.detection is not None:
+            raise ValueError("'detection' is only for task 'detect'")
+        return self
 
 
 class Bundle:

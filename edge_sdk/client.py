@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import requests
@@ -44,6 +44,7 @@ from .errors import CloudError
 from .protocol import Encoded, InferPayload, images_payload, parse_outputs, read_response, tensor_payload
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 USER_AGENT = "hybrid-vision-edge/0.1"
 
@@ -284,6 +285,25 @@ class CloudClient:
         probs, labels = reply.parsed
         return CloudResult(probs, labels, sent, attempts, (time.perf_counter() - t0) * 1000)
 
+    def infer_parsed(self, request: dict[str, Any], deadline: float, parse: Callable[[Any], T]) -> tuple[T, int]:
+        """Send one v2 infer request as JSON and let ``parse`` read the JSON answer (a task's own outputs).
+
+        Args:
+            request: the JSON document to send.
+            deadline: the latest moment (``time.monotonic()``, see :func:`deadline_after`) the answer may arrive.
+            parse: turns the decoded answer into the task's outputs; raises ValueError for one it cannot use.
+
+        Returns:
+            (what ``parse`` returned, bytes sent).
+
+        Raises:
+            CloudError: no answer in time, a refusal, or an answer ``parse`` refused (``bad_response``).
+        """
+        body = json.dumps(request, separators=(",", ":")).encode()
+        reply, _, sent = self._call("POST", self.infer_url, body, {"Content-Type": "application/json"}, deadline,
+                                    parse=lambda r: _parse_json(r, parse))
+        return reply.parsed, sent
+
     @property
     def speaks_binary(self) -> bool:
         """Whether requests go as binary tensor data now: fixed by ``wire=``, else what ``GET /v2`` said.
@@ -494,6 +514,15 @@ def _parse_infer(reply: _Reply, n: int, num_classes: int) -> tuple[np.ndarray, l
         body, data = read_response(reply.content, reply.headers.get(binary.HEADER_LENGTH))
         return parse_outputs(body, n, num_classes, data)
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, ProtocolError, pydantic's ValidationError
+        raise CloudError(f"malformed infer response: {_short(e)}", "bad_response", reply.status) from None
+
+
+def _parse_json(reply: _Reply, parse: Callable[[Any], T]) -> T:
+    if reply.status != 200:
+        raise _status_error(reply)
+    try:
+        return parse(json.loads(reply.content))
+    except (ValueError, UnicodeDecodeError) as e:
         raise CloudError(f"malformed infer response: {_short(e)}", "bad_response", reply.status) from None
 
 

@@ -12,7 +12,6 @@ the cloud request, and the :class:`Prediction`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from .capacity import Probe, default_probes
 from .client import CloudClient, deadline_after
 from .errors import BundleError, ModelLoadError, UpdateError
 from .flywheel import Flywheel
-from .options import HybridOptions, option_names
+from .options import HybridOptions, with_overrides
 from .ota import DEFAULT_MAX_BYTES, UpdateResult, VerifiedUpdate, fetch_update, persist_update
 from .policy import ConfidenceScorer, Metric, Mode
 from .preprocess import ImageInput, InputSpec, PreprocessSpec
@@ -180,7 +179,7 @@ class HybridClassifier:
             ValueError: an option out of range, or ``cloud_only`` without a cloud_url.
             TypeError: an override that is not an option.
         """
-        opts = _with_overrides(options, overrides)
+        opts = with_overrides(HybridOptions, options, overrides)
         bundle = path if isinstance(path, Bundle) else load_bundle(path)
         model, error = None, None
         if opts.mode != "cloud_only":
@@ -497,12 +496,3 @@ def top_k(probs: np.ndarray, k: int) -> list[tuple[int, float]]:
         return [(i, values[i]) for i in order]
     idx = np.argsort(-probs, kind="stable")[:k]
     return [(int(i), float(probs[i])) for i in idx]
-
-
-def _with_overrides(options: HybridOptions | None, overrides: dict[str, Any] | HybridOverrides) -> HybridOptions:
-    base = options or HybridOptions()
-    unknown = set(overrides) - option_names(HybridOptions)
-    if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; "
-                        f"HybridOptions has {', '.join(sorted(option_names(HybridOptions)))}")
-    return dataclasses.replace(base, **overrides) if overrides else base

@@ -9,24 +9,29 @@
 * :class:`CollectOptions`: what the device keeps for ``hybrid-vision distill``
   (opt-in collection, the offline queue); nothing is written unless set.
 * :class:`HybridOptions`: all four, plus the classifier's own (threshold,
-  metric, top_k). A detector's options would be
-  ``class DetectorOptions(RoutingOptions, CloudOptions, EdgeOptions)`` plus its own.
+  metric, top_k).
+* :class:`DetectorOptions`: routing, cloud and edge options, plus the
+  detector's own (threshold, metric, min_score).
 
 Every field is keyword-only and checked when the options are made, so a typo
 fails at construction, not on the thousandth call. :class:`HybridOverrides`
-names the same fields for ``HybridClassifier.from_bundle(path, **overrides)``.
+and :class:`DetectorOverrides` name the same fields for
+``HybridClassifier.from_bundle(path, **overrides)`` and
+``HybridDetector.from_bundle(path, **overrides)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from os import PathLike
-from typing import TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from .breaker import CircuitBreaker
 from .capacity import Probe
 from .client import CloudClient
+from .detection import DETECT_METRICS, DetectMetric
 from .policy import Metric, Mode, check_metric, check_mode
 from .preprocess import DEFAULT_LIMITS, ImageLimits
 from .samples import LateAnswer
@@ -253,8 +258,31 @@ class HybridOptions(RoutingOptions, CloudOptions, EdgeOptions, CollectOptions):
         super().__post_init__()
 
 
-class HybridOverrides(TypedDict, total=False):
-    """The fields of :class:`HybridOptions`, as keyword arguments (``from_bundle(path, **overrides)``)."""
+@dataclass(frozen=True, kw_only=True)
+class DetectorOptions(RoutingOptions, CloudOptions, EdgeOptions):
+    """Everything :class:`~edge_sdk.hybrid_detector.HybridDetector` takes: routing, cloud and edge options, plus:
+
+    Attributes:
+        threshold: offload a frame whose uncertainty is above this (None: the bundle's calibrated one).
+        metric: the frame's routing score (None: the bundle's); another than the bundle's needs a threshold.
+        min_score: detections scoring below this are left out of answers (None: the bundle's report_score).
+    """
+
+    threshold: float | None = None
+    metric: DetectMetric | None = None
+    min_score: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric is not None and self.metric not in DETECT_METRICS:
+            raise ValueError(f"unknown detection routing metric {self.metric!r}; "
+                             f"choose from {', '.join(DETECT_METRICS)}")
+        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
+            raise ValueError(f"min_score must be within [0, 1], not {self.min_score}")
+        super().__post_init__()
+
+
+class _SharedOverrides(TypedDict, total=False):
+    """The routing, cloud and edge fields every task's options have, as keyword arguments."""
 
     mode: Mode
     deadline_ms: float
@@ -271,11 +299,24 @@ class HybridOverrides(TypedDict, total=False):
     num_threads: int | None
     backend: str | Sequence[str] | None
     limits: ImageLimits
+
+
+class HybridOverrides(_SharedOverrides, total=False):
+    """The fields of :class:`HybridOptions`, as keyword arguments (``from_bundle(path, **overrides)``)."""
+
     threshold: float | None
     metric: Metric | None
     top_k: int
     collect: CollectConfig | None
     offline_queue: OfflineQueueConfig | None
+
+
+class DetectorOverrides(_SharedOverrides, total=False):
+    """The fields of :class:`DetectorOptions`, as keyword arguments (``from_bundle(path, **overrides)``)."""
+
+    threshold: float | None
+    metric: DetectMetric | None
+    min_score: float | None
 
 
 def option_names(options: type[_Options]) -> frozenset[str]:
@@ -288,3 +329,29 @@ def option_names(options: type[_Options]) -> frozenset[str]:
         What ``**overrides`` may name.
     """
     return frozenset(f.name for f in fields(options))
+
+
+OptionsT = TypeVar("OptionsT", bound=_Options)
+
+
+def with_overrides(kind: type[OptionsT], options: OptionsT | None, overrides: Mapping[str, Any]) -> OptionsT:
+    """Options with some fields replaced (``from_bundle(path, options, **overrides)``).
+
+    Args:
+        kind: the options class (HybridOptions, DetectorOptions).
+        options: the base options (None: ``kind``'s defaults).
+        overrides: field name -> value.
+
+    Returns:
+        New options (checked again), or ``options`` itself when there is nothing to replace.
+
+    Raises:
+        TypeError: an override that is not a field of ``kind``.
+        ValueError: a value out of range.
+    """
+    base = options or kind()
+    unknown = set(overrides) - option_names(kind)
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; "
+                        f"{kind.__name__} has {', '.join(sorted(option_names(kind)))}")
+    return dataclasses.replace(base, **overrides) if overrides else base

@@ -158,8 +158,10 @@ def calibrate(
     return Calibration(curves, chosen, per, edge_acc, cloud_acc, int(len(y)), float(target_gap), max_offload)
 
 
-def plot_curves(cal: Calibration, path: Path, title: str = "hybrid accuracy vs offload (validation split)") -> Path:
-    """Accuracy against offload fraction per metric; the chosen point and the target marked."""
+def plot_curves(cal: Calibration, path: Path, title: str = "hybrid accuracy vs offload (validation split)",
+                ylabel: str = "hybrid accuracy (%)") -> Path:
+    """Accuracy (or, for a detector, mAP@0.5) against offload fraction per metric; the chosen point and target
+    marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +183,7 @@ def plot_curves(cal: Calibration, path: Path, title: str = "hybrid accuracy vs o
     ax.plot([ch.offload], [100 * ch.accuracy], marker="*", ms=16, color="black", zorder=5, ls="none",
             label=f"chosen: {ch.metric} t={ch.threshold:.4g} ({100 * ch.offload:.1f}% offload)")
     ax.set_xlabel("offload fraction (share sent to the cloud)")
-    ax.set_ylabel("hybrid accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_xlim(-0.02, 1.02)
     ax.set_title(title)
     ax.grid(alpha=0.3)

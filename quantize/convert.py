@@ -24,6 +24,17 @@ QUANTIZERS = ("tflite-converter", "ai-edge-quantizer")
 Quantizer = Literal["tflite-converter", "ai-edge-quantizer"]
 
 
+def input_shape(model) -> tuple[int, int, int]:
+    """(H, W, C) of a model that takes one NHWC image batch of fixed size."""
+    if len(model.inputs) != 1:
+        raise ConversionError(f"model {model.name!r} has {len(model.inputs)} inputs; "
+                              "the edge model takes one image tensor")
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or any(d is None for d in shape[1:]):
+        raise ConversionError(f"model input shape {shape} is not (batch, height, width, channels) with fixed sizes")
+    return int(shape[1]), int(shape[2]), int(shape[3])
+
+
 def check_classifier(model, num_classes: int | None = None) -> tuple[int, int, int]:
     """The model must map one NHWC image batch to one (N, classes) output; returns (H, W, C)."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -31,13 +42,11 @@ def check_classifier(model, num_classes: int | None = None) -> tuple[int, int, i
             f"model {model.name!r} has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); "
             "the edge model must take one image tensor and return one probability vector"
         )
-    shape = tuple(model.inputs[0].shape)
-    if len(shape) != 4 or any(d is None for d in shape[1:]):
-        raise ConversionError(f"model input shape {shape} is not (batch, height, width, channels) with fixed sizes")
+    hwc = input_shape(model)
     out = tuple(model.outputs[0].shape)
     if len(out) != 2 or (num_classes is not None and out[-1] != num_classes):
         raise ConversionError(f"model output shape {out} does not match the bundle's {num_classes} labels")
-    return int(shape[1]), int(shape[2]), int(shape[3])
+    return hwc
 
 
 def _saved_model(model, dest: Path) -> Path:
@@ -45,7 +54,7 @@ def _saved_model(model, dest: Path) -> Path:
     import keras
 
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to ..." on every export
-    h, w, c = check_classifier(model)
+    h, w, c = input_shape(model)
     sig = [keras.InputSpec(shape=(None, h, w, c), dtype="float32")]
     with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the endpoint summary
         model.export(str(dest), format="tf_saved_model", verbose=False, input_signature=sig)

@@ -37,6 +37,7 @@ CONFIGS = {
     "big_little": "big/little: the edge runs a small int8 CNN, the cloud the full CNN",
 }
 BUNDLE_NAMES = {"same_cnn": "digits_same_cnn", "big_little": "digits_big_little"}
+DETECT_NAME = "shapes_detector"
 
 
 class DemoError(HybridVisionError):
@@ -56,6 +57,7 @@ class DemoConfig:
     upload: str = "jpeg"
     seed: int = 0
     progress: bool = True
+    detect: bool = True  # the short detection section (quantize.detect.demo)
 
 
 @contextmanager
@@ -193,10 +195,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     load_start = _load()
     out = Path(cfg.out)
     paths = {name: out / "bundles" / BUNDLE_NAMES[name] for name in CONFIGS}
+    detect_path = out / "bundles" / DETECT_NAME
+    served = [*paths.values(), *([detect_path] if cfg.detect else [])]
     seconds: dict[str, float] = {}
     with signals_interrupt():
         if cfg.reuse:
-            if not _reusable(paths):
+            if not _reusable({**paths, **({"detect": detect_path} if cfg.detect else {})}):
                 raise DemoError(
                     f"--reuse: {out}/bundles holds no quantized bundles from an earlier demo; run without --reuse"
                 )
@@ -210,6 +214,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             t = time.perf_counter()
             _quantize(paths, cfg)
             seconds["quantize"] = round(time.perf_counter() - t, 1)
+            if cfg.detect:
+                t = time.perf_counter()
+                _train_detector(detect_path, cfg)
+                seconds["detect_train_quantize"] = round(time.perf_counter() - t, 1)
         bundles = {name: load_bundle(p) for name, p in paths.items()}
 
         from .service_process import CloudService
@@ -218,7 +226,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         _say("[3/4] starting the cloud service (hybrid-vision serve) on a free loopback port, with an API key")
         t = time.perf_counter()
         evals: dict[str, dict[str, Any]] = {}
-        with CloudService(list(paths.values()), log_path=out / "serve.log", api_key=key, progress=cfg.progress) as svc:
+        with CloudService(served, log_path=out / "serve.log", api_key=key, progress=cfg.progress) as svc:
             seconds["serve_start"] = round(time.perf_counter() - t, 1)
             _say(f"      cloud service ready at {svc.url} (pid {svc.pid})")
             t = time.perf_counter()
@@ -227,6 +235,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                      f"the test split in edge_only, cloud_only and auto modes ({i + 1}/{len(paths)})")
                 evals[name] = run_evaluate(path, svc.url, key, out / name, cfg)
             seconds["evaluate"] = round(time.perf_counter() - t, 1)
+            detection = _evaluate_detector(detect_path, svc.url, key, out, cfg, seconds) if cfg.detect else None
         _say(f"      cloud service stopped (exit status {svc.proc.returncode})")
 
     seconds["total"] = round(time.perf_counter() - t0, 1)
@@ -248,8 +257,33 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         rep["train"] = _train_summary(b)
         rep["quantize"] = _quantize_summary(b)
         report["configs"][name] = rep
+    if detection is not None:
+        report["detection"] = detection
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
+
+
+def _train_detector(dest: Path, cfg: DemoConfig) -> None:
+    from .detect.demo import QUICK, DetectDemoConfig, build_bundle
+
+    d = QUICK if cfg.quick else DetectDemoConfig()
+    _say(f"[2/4] detection: training a small CenterNet on {d.train_images} built-in shapes images "
+         f"({d.epochs} epochs), then quantizing it to int8")
+    build_bundle(dest, DetectDemoConfig(d.epochs, d.train_images, d.val_images, d.test_images, cfg.progress), cfg.seed)
+
+
+def _evaluate_detector(path: Path, url: str, key: str, out: Path, cfg: DemoConfig,
+                       seconds: dict[str, float]) -> dict[str, Any]:
+    from .detect.demo import run_evaluate as evaluate_detect
+
+    _say(f"[4/4] hybrid-vision evaluate {DETECT_NAME} --data shapes --cloud-url {url}: HybridDetector over the "
+         "shapes test split in edge_only, cloud_only and auto modes")
+    t = time.perf_counter()
+    rep = evaluate_detect(path, url, key, out / "detection", cfg.progress)
+    seconds["detect_evaluate"] = round(time.perf_counter() - t, 1)
+    tr = load_bundle(path).manifest.reports.get("train", {})
+    rep["train"] = {"epochs_run": tr.get("cloud", {}).get("epochs_run"), "images": tr.get("counts", {}).get("train")}
+    return rep
 
 
 def print_summary(report: dict[str, Any]) -> None:
@@ -263,6 +297,11 @@ def print_summary(report: dict[str, Any]) -> None:
         _say(format_table(rows, f"{rep['description']}\n(digits test split, n={rep['data']['n']}; edge SDK against "
                                 f"the service; hybrid = edge answer when {routing['metric']} {op} "
                                 f"{routing['threshold']:.4g})"))
+    if "detection" in report:
+        from .detect.demo import summary
+
+        _say("")
+        _say(summary(report["detection"], report["detection"]["train"]))
     s = report["seconds"]
     _say("")
     _say(f"demo finished in {s['total']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in s.items() if k != "total")

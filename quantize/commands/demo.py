@@ -18,6 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("--upload", choices=("jpeg", "original", "tensor"), default="jpeg",
                    help="what the edge SDK sends to the cloud [jpeg]")
     p.add_argument("--seed", type=int, default=0, help="seed of the data split and training [0]")
+    p.add_argument("--no-detect", action="store_true", help="skip the detection section")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -31,6 +32,6 @@ def run(args) -> int:
         raise DemoError(f"--epochs must be at least 1, not {epochs}")
     cfg = DemoConfig(out=args.out, epochs=epochs, patience=3 if args.quick else None, quick=args.quick,
                      bundle=args.bundle, reuse=args.reuse, edge_width=args.edge_width, upload=args.upload,
-                     seed=args.seed, progress=not args.quiet)
+                     seed=args.seed, progress=not args.quiet, detect=not args.no_detect)
     print_summary(run_demo(cfg))
     return 0

@@ -23,14 +23,41 @@ def add_arguments(p) -> None:
                    help="what the SDK sends to the cloud [jpeg]")
     p.add_argument("--deadline-ms", type=float, default=10_000.0, help="per-image deadline for cloud calls [10000]")
     p.add_argument("--out", default=None, help="report folder (default: evaluate-<bundle name>)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="detection: leave out images with bad annotations (default: stop, naming file and line)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def run_detect(args, out: str) -> int:
+    from ..detect.evaluate import Row, evaluate_detector, format_table
+
+    r = evaluate_detector(args.bundle, args.data, out_dir=out, progress=not args.quiet, skip_bad=args.skip_bad,
+                          cloud_url=args.cloud_url, api_key=os.environ.get(args.api_key_env) or None)
+    rows = [Row(**row) for row in r["rows"]]
+    ro = r["routing"]
+    print(format_table(rows, f"{r['name']} on {r['data']['source']} ({r['data']['split']}): {r['data']['n']} images, "
+                             f"{r['data']['boxes']} boxes; cloud {args.cloud_url or 'model in-process'}; "
+                             f"hybrid = edge boxes when "
+                             f"{ro['metric']} <= {ro['threshold']:.4g}"))
+    print("per-class AP@0.5 (edge / cloud / hybrid): " + ", ".join(
+        f"{c} {rows[0].per_class_ap50.get(c, float('nan')):.3f}/{rows[1].per_class_ap50.get(c, float('nan')):.3f}/"
+        f"{rows[2].per_class_ap50.get(c, float('nan')):.3f}" for c in rows[1].per_class_ap50))
+    if r["data"]["bad_annotations"]:
+        print(f"skipped {r['data']['bad_annotations']} image(s) with bad annotations")
+    for k, v in r["files"].items():
+        print(f"{k + ':':16s}{v}")
+    return 0
+
+
 def run(args) -> int:
+    from edge_sdk.bundle import load_bundle
+
     from ..evaluate import evaluate_bundle
 
-    api_key = os.environ.get(args.api_key_env) or None
     out = args.out or f"evaluate-{os.path.basename(os.path.normpath(args.bundle))}"
+    if load_bundle(args.bundle, verify=False).manifest.task == "detect":
+        return run_detect(args, out)
+    api_key = os.environ.get(args.api_key_env) or None
     ev = evaluate_bundle(
         args.bundle, args.data, cloud_url=args.cloud_url, api_key=api_key, cloud_model=args.cloud_model,
         upload=args.upload, out_dir=out, deadline_ms=args.deadline_ms, progress=not args.quiet,
