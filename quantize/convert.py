@@ -40,12 +40,20 @@ def check_classifier(model, num_classes: int | None = None) -> tuple[int, int, i
     return int(shape[1]), int(shape[2]), int(shape[3])
 
 
+def _input_hwc(model) -> tuple[int, int, int]:
+    """(H, W, C) of a classifier, or of a model with named extra outputs (quantize.edge_outputs)."""
+    if isinstance(model.output, dict):
+        shape = tuple(model.inputs[0].shape)
+        return int(shape[1]), int(shape[2]), int(shape[3])
+    return check_classifier(model)
+
+
 def _saved_model(model, dest: Path) -> Path:
-    """Export the Keras 3 model as a SavedModel with a dynamic batch dimension."""
+    """Export the Keras 3 model as a SavedModel with a dynamic batch dimension (outputs named as a dict's keys)."""
     import keras
 
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to ..." on every export
-    h, w, c = check_classifier(model)
+    h, w, c = _input_hwc(model)
     sig = [keras.InputSpec(shape=(None, h, w, c), dtype="float32")]
     with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the endpoint summary
         model.export(str(dest), format="tf_saved_model", verbose=False, input_signature=sig)

@@ -1,0 +1,247 @@
+"""Routing scores on the device, in numpy: the temperature, the learned deferral score, the out-of-distribution score.
+
+What the edge model already computes (its logits, and optionally the pooled
+features feeding its head) is turned into three things the router uses:
+
+* calibrated probabilities: ``softmax(logits / T)`` with ``T`` fitted on
+  validation data (temperature scaling, Guo et al. 2017, "On Calibration of
+  Modern Neural Networks");
+* a deferral score: a tiny model (logistic regression or a two-layer MLP)
+  estimating the chance that the cloud would fix this image (the edge is wrong
+  and the cloud right), in the spirit of learning to defer (Madras et al. 2018;
+  Mozannar and Sontag 2020) but trained after the fact on frozen models;
+* an out-of-distribution score: the energy of the logits (Liu et al. 2020,
+  "Energy-based Out-of-distribution Detection"), the max logit (Hendrycks et al.
+  2022), or the Mahalanobis distance of the pooled features to the nearest class
+  mean under a shared covariance (Lee et al. 2018).
+
+Everything here is a function of arrays the bundle holds; nothing imports
+TensorFlow. Parameters live in the manifest (``routing``), so they travel and
+are checked with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Feature = Literal["max_prob", "margin", "entropy", "energy", "max_logit", "probs", "logits", "predicted", "features"]
+OODKind = Literal["energy", "max_logit", "mahalanobis"]
+_EPS = 1e-12
+
+
+# --- calibrated probabilities ---------------------------------------------------------
+
+
+def logits_from_probs(probs: np.ndarray, floor: float = 1e-4) -> np.ndarray:
+    """Logits up to a constant (log p) for a model with no logits output; p is clipped at ``floor`` first.
+
+    An int8 softmax output reads 0 below half a quantization step, so ``floor`` should be about that.
+    """
+    return np.log(np.clip(np.asarray(probs, np.float64), floor, 1.0))
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / temperature) over the last axis, in float64."""
+    z = np.asarray(logits, np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+def logsumexp(z: np.ndarray) -> np.ndarray:
+    m = z.max(axis=-1, keepdims=True)
+    out: np.ndarray = (m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True)))[..., 0]
+    return out
+
+
+def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """E(x) = -T log sum_c exp(z_c / T) (Liu et al. 2020): higher means less like the training data."""
+    z = np.asarray(logits, np.float64)
+    return -temperature * logsumexp(z / temperature)
+
+
+def summary_features(
+    logits: np.ndarray, temperature: float, features: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Every input the deferral model may use, as [N, k] arrays, from a batch of logits [N, C]."""
+    z = np.atleast_2d(np.asarray(logits, np.float64))
+    p = softmax(z, temperature)
+    top2 = np.sort(p, axis=-1)[:, -2:]
+    q = np.clip(p, _EPS, 1.0)
+    out = {
+        "max_prob": top2[:, 1:],
+        "margin": (top2[:, 1] - top2[:, 0])[:, None],
+        "entropy": -(q * np.log(q)).sum(axis=-1, keepdims=True),
+        "energy": energy(z, temperature)[:, None],
+        "max_logit": z.max(axis=-1, keepdims=True),
+        "probs": p,
+        "logits": z - z.mean(axis=-1, keepdims=True),  # a model without a logits output gives log p: same up to a shift
+        "predicted": np.eye(z.shape[1])[p.argmax(axis=-1)],
+    }
+    if features is not None:
+        out["features"] = np.atleast_2d(np.asarray(features, np.float64))
+    return out
+
+
+# --- the deferral model ------------------------------------------------------------------
+
+
+class Layer(BaseModel):
+    """One dense layer: ``x @ weights + bias``; weights are [inputs][outputs]."""
+
+    model_config = ConfigDict(extra="forbid")
+    weights: list[list[float]]
+    bias: list[float]
+
+    @model_validator(mode="after")
+    def _shapes(self) -> Layer:
+        widths = {len(r) for r in self.weights}
+        if not self.weights or widths != {len(self.bias)}:
+            raise ValueError(f"layer weights must be [in][out] with out = len(bias) = {len(self.bias)}")
+        return self
+
+
+class DeferralParams(BaseModel):
+    """A logistic regression (one layer) or an MLP (ReLU between layers), then a sigmoid, on standardised inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[Feature] = Field(min_length=1)
+    mean: list[float]
+    std: list[float]
+    layers: list[Layer] = Field(min_length=1)
+    target: str = "cloud_fixes"  # what the score estimates: P(edge wrong and cloud right)
+
+    @model_validator(mode="after")
+    def _chain(self) -> DeferralParams:
+        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
+            raise ValueError("mean and std must be equally long and std > 0")
+        width = len(self.mean)
+        for i, layer in enumerate(self.layers):
+            if len(layer.weights) != width:
+                raise ValueError(f"layer {i} takes {len(layer.weights)} inputs, the one before gives {width}")
+            width = len(layer.bias)
+        if width != 1:
+            raise ValueError(f"the last layer must have one output, not {width}")
+        return self
+
+
+class DeferralModel:
+    """The deferral score of a batch: P(the cloud would fix this image), from the edge's own outputs."""
+
+    def __init__(self, params: DeferralParams):
+        self.params = params
+        self.inputs: tuple[str, ...] = tuple(params.inputs)
+        self.needs_features = "features" in self.inputs
+        self._mean = np.asarray(params.mean, np.float64)
+        self._std = np.asarray(params.std, np.float64)
+        self._layers = [(np.asarray(la.weights, np.float64), np.asarray(la.bias, np.float64)) for la in params.layers]
+
+    def design(self, logits: np.ndarray, temperature: float, features: np.ndarray | None = None) -> np.ndarray:
+        """The standardised input matrix [N, k] (what the layers see)."""
+        if self.needs_features and features is None:
+            raise ValueError("this deferral model reads the pooled features, but none were given")
+        parts = summary_features(logits, temperature, features)
+        x = np.concatenate([parts[name] for name in self.inputs], axis=1)
+        if x.shape[1] != self._mean.shape[0]:
+            raise ValueError(f"deferral inputs {self.inputs} give {x.shape[1]} values; "
+                             f"the model takes {self._mean.shape[0]}")
+        out: np.ndarray = (x - self._mean) / self._std
+        return out
+
+    def __call__(self, logits: np.ndarray, temperature: float = 1.0, features: np.ndarray | None = None) -> np.ndarray:
+        h = self.design(logits, temperature, features)
+        last = len(self._layers) - 1
+        for i, (w, b) in enumerate(self._layers):
+            h = h @ w + b
+            if i < last:
+                h = np.maximum(h, 0.0)
+        out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(h[:, 0], -60.0, 60.0)))
+        return out
+
+
+# --- out of distribution ------------------------------------------------------------------
+
+
+class OODParams(BaseModel):
+    """An out-of-distribution score and its threshold (a score above it is out of distribution).
+
+    ``mahalanobis`` also holds the class means [C][D] and the shared precision matrix [D][D]
+    of the pooled features, fitted on the training data.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    kind: OODKind
+    threshold: float
+    means: list[list[float]] | None = None
+    precision: list[list[float]] | None = None
+    in_distribution_rate: float | None = None  # share of held-out in-distribution images under the threshold
+
+    @model_validator(mode="after")
+    def _complete(self) -> OODParams:
+        if self.kind == "mahalanobis":
+            if not self.means or not self.precision:
+                raise ValueError("a mahalanobis score needs means and precision")
+            d = len(self.means[0])
+            square = len(self.precision) == d and all(len(r) == d for r in self.precision)
+            if any(len(m) != d for m in self.means) or not square:
+                raise ValueError(f"means must be [C][D] and precision [D][D] with D = {d}")
+        return self
+
+
+class OODScorer:
+    """Higher is less like the training data."""
+
+    def __init__(self, params: OODParams):
+        self.params = params
+        self.kind = params.kind
+        self.threshold = float(params.threshold)
+        self.needs_features = params.kind == "mahalanobis"
+        if self.needs_features:
+            self._means = np.asarray(params.means, np.float64)
+            self._precision = np.asarray(params.precision, np.float64)
+
+    def __call__(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        z = np.atleast_2d(np.asarray(logits, np.float64))
+        if self.kind == "energy":
+            return energy(z)
+        if self.kind == "max_logit":
+            out: np.ndarray = -z.max(axis=-1)
+            return out
+        if features is None:
+            raise ValueError("a mahalanobis score needs the pooled features")
+        return mahalanobis_min(np.atleast_2d(np.asarray(features, np.float64)), self._means, self._precision)
+
+    def is_out(self, score: np.ndarray | float) -> np.ndarray | bool:
+        return np.asarray(score) > self.threshold
+
+
+def mahalanobis_min(f: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """min over classes of (f - mu_c)^T P (f - mu_c), for a batch f [N, D] (Lee et al. 2018)."""
+    d = f[:, None, :] - means[None, :, :]  # N, C, D
+    out: np.ndarray = np.einsum("ncd,de,nce->nc", d, precision, d).min(axis=1)
+    return out
+
+
+# --- all of it for one call ------------------------------------------------------------------
+
+
+class EdgeScores(BaseModel):
+    """What routing needs from one batch of edge outputs."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    probs: np.ndarray  # calibrated probabilities [N, C]
+    score: np.ndarray  # the routing metric [N]
+    ood_score: np.ndarray | None = None  # [N], higher is less like the training data
+    out_of_distribution: np.ndarray | None = None  # [N] bool
+
+
+def edge_logits(outputs: Mapping[str, np.ndarray], prob_floor: float = 1e-4) -> np.ndarray:
+    """The model's logits output when it has one, else log p of its probabilities."""
+    if "logits" in outputs:
+        return np.atleast_2d(np.asarray(outputs["logits"], np.float64))
+    return logits_from_probs(np.atleast_2d(outputs["probabilities"]), prob_floor)

@@ -1,0 +1,123 @@
+"""The threshold with a guarantee (quantize.threshold_bound): hand-computed cases, the point-estimate ordering,
+the small-sample fallback, and the guarantee itself in simulation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from quantize.threshold_bound import (
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    evaluate_steps,
+    gap_upper_bound,
+    offload_grid,
+    select_across,
+    select_threshold,
+)
+
+
+def test_clopper_pearson_closed_forms():
+    # zero successes: (1 - U)^n = alpha; all successes: L^n = alpha
+    assert clopper_pearson_upper(0, 20, 0.05) == pytest.approx(1 - 0.05 ** (1 / 20))
+    assert clopper_pearson_lower(20, 20, 0.05) == pytest.approx(0.05 ** (1 / 20))
+    assert clopper_pearson_lower(0, 20, 0.05) == 0.0 and clopper_pearson_upper(20, 20, 0.05) == 1.0
+
+
+@pytest.mark.parametrize("k,n", [(1, 10), (3, 100), (17, 750)])
+def test_clopper_pearson_is_the_exact_binomial_tail(k, n):
+    u, lo = clopper_pearson_upper(k, n, 0.05), clopper_pearson_lower(k, n, 0.05)
+    assert binom.cdf(k, n, u) == pytest.approx(0.05, abs=1e-9)  # P(X <= k | p = U) = alpha
+    assert binom.sf(k - 1, n, lo) == pytest.approx(0.05, abs=1e-9)  # P(X >= k | p = L) = alpha
+    assert lo < k / n < u
+
+
+def test_gap_bound_by_hand():
+    # n = 100, no harm, no help, delta = 0.1: U = 1 - 0.05^(1/100) = 0.029513..., L = 0
+    assert gap_upper_bound(0, 0, 100, 0.1) == pytest.approx(1 - math.exp(math.log(0.05) / 100))
+    assert gap_upper_bound(0, 0, 100, 0.1) == pytest.approx(0.0295130, abs=1e-6)
+    # help lowers the bound: 100 of 100 helped means L = 0.05^(1/100)
+    assert gap_upper_bound(0, 100, 100, 0.1) == pytest.approx((1 - 0.05 ** 0.01) - 0.05 ** 0.01)
+
+
+def _hand_case():
+    """100 images scored 0..99 (higher = surer); the 5 least sure are the cloud's fixes, the rest both get right."""
+    scores = np.arange(100, dtype=float)
+    cloud_ok = np.ones(100, bool)
+    edge_ok = scores >= 5
+    return scores, edge_ok, cloud_ok
+
+
+def test_selection_on_a_case_computed_by_hand():
+    scores, edge_ok, cloud_ok = _hand_case()
+    grid = offload_grid(scores, lower_is_confident=False)
+    sel = select_threshold("max_prob", scores, edge_ok, cloud_ok, grid, lower_is_confident=False,
+                           target_gap=0.03, delta=0.1)
+    # Offloading >= 5% keeps no fix on the edge: bound = 1 - 0.05^(1/100) = 0.0295 <= 0.03, certified.
+    # Offloading 4% keeps one fix: bound = CP upper(1, 100, 0.05) = 0.0466 > 0.03, the sequence stops.
+    assert sel.offload == pytest.approx(0.05)
+    assert sel.estimate == 0.0 and sel.bound == pytest.approx(0.0295130, abs=1e-6)
+    assert not sel.too_small and sel.steps_passed == 95
+    # The point estimate accepts up to 3 kept fixes (3 / 100 <= 0.03): offload 2%.
+    assert sel.point_offload == pytest.approx(0.02)
+    assert sel.offload >= sel.point_offload
+
+
+def test_too_small_a_calibration_set_offloads_everything_and_says_so():
+    scores, edge_ok, cloud_ok = _hand_case()
+    grid = offload_grid(scores, lower_is_confident=False)
+    sel = select_threshold("max_prob", scores[:20], edge_ok[:20] | True, cloud_ok[:20], grid,
+                           lower_is_confident=False, target_gap=0.005, delta=0.1)
+    # even with no harm at all, 20 images bound the gap at 1 - 0.05^(1/20) = 0.139 > 0.005
+    assert sel.too_small and sel.offload == 1.0 and sel.steps_passed == 0
+    assert sel.point_offload < 1.0  # the point estimate alone would have kept images on the edge
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_bound_never_offloads_less_than_the_point_estimate(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(30, 800))
+    scores = rng.random(n)
+    edge_ok = rng.random(n) < 0.4 + 0.55 * scores  # surer images are right more often
+    cloud_ok = rng.random(n) < rng.uniform(0.6, 0.95)
+    lower = bool(rng.integers(2))
+    s = -scores if lower else scores
+    grid = offload_grid(rng.permutation(s), lower)
+    target = float(rng.choice([0.0, 0.005, 0.02]))
+    sel = select_threshold("m", s, edge_ok, cloud_ok, grid, lower_is_confident=lower, target_gap=target, delta=0.1)
+    assert sel.offload >= sel.point_offload
+    for st in evaluate_steps(s, edge_ok, cloud_ok, grid, lower, 0.1):
+        assert st.bound >= st.estimate - 1e-12
+
+
+def test_select_across_splits_delta_and_keeps_the_lowest_offload():
+    scores, edge_ok, cloud_ok = _hand_case()
+    metrics = {"good": (scores, scores, False), "random": (scores, np.random.default_rng(0).permutation(scores), False)}
+    best, per = select_across(metrics, edge_ok, cloud_ok, target_gap=0.03, delta=0.1)
+    assert per["good"].delta == per["random"].delta == pytest.approx(0.05)
+    assert best.metric == "good" and best.offload <= per["random"].offload
+
+
+def test_the_guarantee_holds_in_simulation():
+    """Draw many calibration sets from one population; the chosen threshold's true gap exceeds the target at most
+    about delta of the time (here far less: the bound is conservative)."""
+    rng = np.random.default_rng(7)
+    pop = 200_000
+    conf = rng.random(pop)
+    edge_ok = rng.random(pop) < 0.45 + 0.5 * conf
+    cloud_ok = rng.random(pop) < 0.85
+    fit = rng.random(2000)  # the grid comes from data the calibration sets are not part of
+    grid = offload_grid(fit, lower_is_confident=False)
+    target, delta, n, trials = 0.005, 0.1, 600, 200
+    violations = 0
+    for _ in range(trials):
+        idx = rng.choice(pop, n, replace=False)
+        sel = select_threshold("m", conf[idx], edge_ok[idx], cloud_ok[idx], grid, lower_is_confident=False,
+                               target_gap=target, delta=delta)
+        kept = conf >= sel.threshold
+        true_gap = (kept & cloud_ok & ~edge_ok).mean() - (kept & edge_ok & ~cloud_ok).mean()
+        violations += true_gap > target
+    assert violations / trials <= delta
