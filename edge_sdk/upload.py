@@ -1,9 +1,17 @@
 """What the SDK sends to the cloud for an image, by the ``upload=`` option.
 
-* ``jpeg``: the image resized to the model's input (edge_sdk.preprocess.resize),
-  JPEG-encoded: smallest, and the server resizes nothing.
+* ``auto`` (the default): the caller's own encoded bytes when they are small for
+  the model's input (no larger than :func:`original_budget`: then they cost no
+  more than a lossless copy and the cloud sees exactly what the caller gave);
+  otherwise the image resized to the model's input, losslessly as WebP when the
+  input is small (at most :data:`LOSSLESS_MAX_PIXELS` pixels, where JPEG saves
+  little and costs accuracy), else as JPEG at :data:`AUTO_JPEG_QUALITY`.
+* ``lossless``: the resized image as lossless WebP: the cloud sees the edge's pixels.
+* ``jpeg``: the resized image as JPEG (quality 90). A second lossy generation for
+  an image that already was a JPEG: on 32x32 CIFAR photos it is larger than the
+  original file and cost the cloud about 0.8 points (benchmarks/photo_bench.py).
 * ``original``: the bytes the caller gave (a file's or an encoded buffer's);
-  arrays are PNG-encoded, losslessly. Largest, but the cloud sees everything.
+  arrays are PNG-encoded, losslessly. Largest for big photos, but the cloud sees everything.
 * ``tensor``: the resized pixels as a UINT8 NHWC tensor (RGB, or grey for a
   1-channel model): no codec on either side.
 
@@ -23,11 +31,13 @@ from typing import Literal, get_args
 import numpy as np
 
 from .errors import InvalidImageError
-from .preprocess import ImageInput, cv2, encode_jpeg, encode_png
+from .preprocess import ImageInput, cv2, encode_jpeg, encode_png, encode_webp_lossless
 from .protocol import PROBS_OUTPUT, InferPayload, images_payload, tensor_payload
 
-Upload = Literal["jpeg", "original", "tensor"]
+Upload = Literal["auto", "lossless", "jpeg", "original", "tensor"]
 UPLOADS: tuple[str, ...] = get_args(Upload)
+LOSSLESS_MAX_PIXELS = 128 * 128
+AUTO_JPEG_QUALITY = 95
 
 
 @dataclass
@@ -63,14 +73,46 @@ def build_request(items: Sequence[Staged], upload: str, channels: int = 3, jpeg_
         return tensor_payload(np.stack([s.resized for s in items]), outputs=ASKED)
     if upload == "jpeg":
         return images_payload([encode_jpeg(s.resized, jpeg_quality) for s in items], outputs=ASKED)
+    if upload == "lossless":
+        return images_payload([encode_webp_lossless(s.resized) for s in items], outputs=ASKED)
     if upload == "original":
         return images_payload([original_bytes(s) for s in items], outputs=ASKED)
+    if upload == "auto":
+        return images_payload([auto_bytes(s, channels) for s in items], outputs=ASKED)
     raise ValueError(f"unknown upload {upload!r}; choose from {', '.join(UPLOADS)}")
 
 
-def original_bytes(s: Staged) -> bytes:
-    """The caller's own encoded bytes when there are any; else a lossless PNG of the decoded pixels."""
+def original_budget(resized: np.ndarray, channels: int) -> int:
+    """Bytes under which the caller's file is sent as it is: half a byte per model input value, about what
+    lossless WebP takes for a photo at the model's size (1,538 bytes at 32x32 on CIFAR, whose files are ~920)."""
+    h, w = resized.shape[:2]
+    return h * w * channels // 2
+
+
+def auto_bytes(s: Staged, channels: int = 3) -> bytes:
+    """What ``upload="auto"`` sends for one image (see the module docstring)."""
+    budget = original_budget(s.resized, channels)
     src = s.source
+    if isinstance(src, (str, os.PathLike)) and _file_size(src) > budget:
+        src = None  # a big file: do not read it again just to drop it
+    own = _own_bytes(src) if src is not None else None
+    if own is not None and len(own) <= budget:
+        return own
+    h, w = s.resized.shape[:2]
+    if h * w <= LOSSLESS_MAX_PIXELS:
+        return encode_webp_lossless(s.resized)
+    return encode_jpeg(s.resized, AUTO_JPEG_QUALITY)
+
+
+def _file_size(path: str | os.PathLike[str]) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as e:
+        raise InvalidImageError(f"{path}: cannot re-read for upload ({e.strerror or e})") from None
+
+
+def _own_bytes(src: ImageInput) -> bytes | None:
+    """The caller's encoded bytes (a buffer, or a file's content), or None for an array."""
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src)
     if isinstance(src, (str, os.PathLike)):
@@ -78,4 +120,10 @@ def original_bytes(s: Staged) -> bytes:
             return Path(src).read_bytes()
         except OSError as e:  # it was readable a moment ago when it was decoded
             raise InvalidImageError(f"{src}: cannot re-read for upload ({e.strerror or e})") from None
-    return encode_png(s.rgb)
+    return None
+
+
+def original_bytes(s: Staged) -> bytes:
+    """The caller's own encoded bytes when there are any; else a lossless PNG of the decoded pixels."""
+    own = _own_bytes(s.source)
+    return own if own is not None else encode_png(s.rgb)
