@@ -167,29 +167,43 @@ class DeferralModel:
 # --- out of distribution ------------------------------------------------------------------
 
 
-class OODParams(BaseModel):
-    """An out-of-distribution score and its threshold (a score above it is out of distribution).
+class OODComponent(BaseModel):
+    """A Mahalanobis distance on one named output of the edge model (``features``, ``stage_k``):
+    min over the rows of ``means`` [K][D] of (f - mu)^T P (f - mu), then standardised by ``center`` and ``scale``."""
 
-    ``mahalanobis`` also holds the class means [C][D] and the shared precision matrix [D][D]
-    of the pooled features, fitted on the training data.
+    model_config = ConfigDict(extra="forbid")
+    output: str
+    means: list[list[float]] = Field(min_length=1)
+    precision: list[list[float]] = Field(min_length=1)
+    center: float = 0.0
+    scale: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _square(self) -> OODComponent:
+        d = len(self.means[0])
+        square = len(self.precision) == d and all(len(r) == d for r in self.precision)
+        if any(len(m) != d for m in self.means) or not square:
+            raise ValueError(f"means must be [K][D] and precision [D][D] with D = {d}")
+        return self
+
+
+class OODParams(BaseModel):
+    """An out-of-distribution score and its threshold: a frame scoring above it is out of distribution.
+
+    ``energy`` and ``max_logit`` read the logits; ``mahalanobis`` sums its standardised components
+    (one component: Lee et al. 2018 on the pooled features; several: their feature ensemble).
     """
 
     model_config = ConfigDict(extra="forbid")
     kind: OODKind
     threshold: float
-    means: list[list[float]] | None = None
-    precision: list[list[float]] | None = None
-    in_distribution_rate: float | None = None  # share of held-out in-distribution images under the threshold
+    components: list[OODComponent] = Field(default_factory=list)
+    in_distribution_rate: float | None = None  # share of held-out in-distribution images at or under the threshold
 
     @model_validator(mode="after")
     def _complete(self) -> OODParams:
-        if self.kind == "mahalanobis":
-            if not self.means or not self.precision:
-                raise ValueError("a mahalanobis score needs means and precision")
-            d = len(self.means[0])
-            square = len(self.precision) == d and all(len(r) == d for r in self.precision)
-            if any(len(m) != d for m in self.means) or not square:
-                raise ValueError(f"means must be [C][D] and precision [D][D] with D = {d}")
+        if self.kind == "mahalanobis" and not self.components:
+            raise ValueError("a mahalanobis score needs at least one component")
         return self
 
 
@@ -200,30 +214,32 @@ class OODScorer:
         self.params = params
         self.kind = params.kind
         self.threshold = float(params.threshold)
-        self.needs_features = params.kind == "mahalanobis"
-        if self.needs_features:
-            self._means = np.asarray(params.means, np.float64)
-            self._precision = np.asarray(params.precision, np.float64)
+        self.needs: tuple[str, ...] = tuple(c.output for c in params.components) or ("logits",)
+        self._parts = [(c.output, np.asarray(c.means, np.float64), np.asarray(c.precision, np.float64), c.center,
+                        c.scale) for c in params.components]
 
-    def __call__(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
-        z = np.atleast_2d(np.asarray(logits, np.float64))
-        if self.kind == "energy":
-            return energy(z)
-        if self.kind == "max_logit":
-            out: np.ndarray = -z.max(axis=-1)
-            return out
-        if features is None:
-            raise ValueError("a mahalanobis score needs the pooled features")
-        return mahalanobis_min(np.atleast_2d(np.asarray(features, np.float64)), self._means, self._precision)
+    def __call__(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        if self.kind != "mahalanobis":
+            z = edge_logits(outputs)
+            return energy(z) if self.kind == "energy" else -z.max(axis=-1)
+        total: np.ndarray | None = None
+        for name, means, precision, center, scale in self._parts:
+            if name not in outputs:
+                raise ValueError(f"the out-of-distribution score reads the model's {name!r} output, which it lacks")
+            f = np.atleast_2d(np.asarray(outputs[name], np.float64))
+            part = (mahalanobis_min(f, means, precision) - center) / scale
+            total = part if total is None else total + part
+        assert total is not None
+        return total
 
     def is_out(self, score: np.ndarray | float) -> np.ndarray | bool:
         return np.asarray(score) > self.threshold
 
 
 def mahalanobis_min(f: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """min over classes of (f - mu_c)^T P (f - mu_c), for a batch f [N, D] (Lee et al. 2018)."""
-    d = f[:, None, :] - means[None, :, :]  # N, C, D
-    out: np.ndarray = np.einsum("ncd,de,nce->nc", d, precision, d).min(axis=1)
+    """min over the rows of ``means`` of (f - mu)^T P (f - mu), for a batch f [N, D] (Lee et al. 2018)."""
+    d = f[:, None, :] - means[None, :, :]  # N, K, D
+    out: np.ndarray = np.einsum("nkd,de,nke->nk", d, precision, d).min(axis=1)
     return out
 
 

@@ -15,7 +15,7 @@ device reads (edge_sdk.scores).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +25,7 @@ from edge_sdk.scores import (
     DeferralParams,
     Feature,
     Layer,
+    OODComponent,
     OODKind,
     OODParams,
     OODScorer,
@@ -142,27 +143,36 @@ def class_gaussians(features: np.ndarray, y: np.ndarray, shrinkage: float = 1e-3
 
 def fit_ood(
     kind: OODKind,
+    val_outputs: Mapping[str, np.ndarray],
     *,
-    val_logits: np.ndarray,
-    in_distribution_rate: float = 0.99,
-    train_features: np.ndarray | None = None,
+    train_outputs: Mapping[str, np.ndarray] | None = None,
     train_y: np.ndarray | None = None,
-    val_features: np.ndarray | None = None,
+    outputs: Sequence[str] = ("features",),
+    class_conditional: bool = True,
+    in_distribution_rate: float = 0.99,
 ) -> OODFit:
-    """Fit an out-of-distribution score and set its threshold so ``in_distribution_rate`` of held-out
-    in-distribution images score under it (the rest are the extra offload it costs)."""
-    means = precision = None
+    """Fit an out-of-distribution score; its threshold lets ``in_distribution_rate`` of held-out in-distribution
+    images through (the rest are the extra offload it costs).
+
+    ``mahalanobis``: for each named output, class means (or one mean) and a shared covariance from the
+    training data (Lee et al. 2018), standardised on the held-out data and summed.
+    """
+    components: list[OODComponent] = []
     if kind == "mahalanobis":
-        if train_features is None or train_y is None or val_features is None:
-            raise ValueError("mahalanobis needs training features and labels, and validation features")
-        m, p = class_gaussians(train_features, train_y)
-        means, precision = m.tolist(), p.tolist()
-    probe = OODParams(kind=kind, threshold=0.0, means=means, precision=precision)
-    scores = OODScorer(probe)(val_logits, val_features)
+        if train_outputs is None or train_y is None:
+            raise ValueError("mahalanobis needs the training data's outputs and labels")
+        for name in outputs:
+            groups = train_y if class_conditional else np.zeros(len(train_y), np.int64)
+            means, precision = class_gaussians(train_outputs[name], groups)
+            raw = OODScorer(OODParams(kind=kind, threshold=0.0, components=[
+                OODComponent(output=name, means=means.tolist(), precision=precision.tolist())]))(val_outputs)
+            components.append(OODComponent(output=name, means=means.tolist(), precision=precision.tolist(),
+                                           center=float(raw.mean()), scale=float(raw.std()) or 1.0))
+    probe = OODParams(kind=kind, threshold=0.0, components=components)
+    scores = OODScorer(probe)(val_outputs)
     threshold = float(np.quantile(scores, in_distribution_rate))
     rate = float((scores <= threshold).mean())
-    params = probe.model_copy(update={"threshold": threshold, "in_distribution_rate": rate})
-    return OODFit(params, scores)
+    return OODFit(probe.model_copy(update={"threshold": threshold, "in_distribution_rate": rate}), scores)
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:

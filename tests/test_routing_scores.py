@@ -151,16 +151,20 @@ def test_mahalanobis_separates_outliers_and_energy_scores_flat_logits_as_unusual
     y = rng.integers(0, 3, 900)
     centres = np.array([[4.0, 0, 0, 0], [0, 4.0, 0, 0], [0, 0, 4.0, 0]])
     feats = centres[y] + rng.normal(0, 1, (900, 4))
-    logits = feats[:, :3]
-    fit = fit_ood("mahalanobis", val_logits=logits[600:], train_features=feats[:600], train_y=y[:600],
-                  val_features=feats[600:])
+    train = {"features": feats[:600], "logits": feats[:600, :3]}
+    val = {"features": feats[600:], "logits": feats[600:, :3]}
+    fit = fit_ood("mahalanobis", val, train_outputs=train, train_y=y[:600])
     scorer = OODScorer(fit.params)
     outliers = rng.normal(0, 1, (300, 4)) + np.array([0, 0, 0, 6.0])
-    assert auroc(scorer(logits[600:], feats[600:]), scorer(outliers[:, :3], outliers)) > 0.99
+    out = {"features": outliers, "logits": outliers[:, :3]}
+    assert auroc(scorer(val), scorer(out)) > 0.99
     assert fit.params.in_distribution_rate == pytest.approx(0.99, abs=0.01)
-    assert (scorer.is_out(scorer(outliers[:, :3], outliers))).mean() > 0.95
-    flat = np.zeros((1, 3))
-    assert OODScorer(fit_ood("energy", val_logits=logits).params)(flat)[0] > np.median(energy(logits))
+    assert scorer.is_out(scorer(out)).mean() > 0.95
+    flat = {"logits": np.zeros((1, 3))}
+    assert OODScorer(fit_ood("energy", val).params)(flat)[0] > np.median(energy(val["logits"]))
+    both = fit_ood("mahalanobis", val, train_outputs=train, train_y=y[:600], outputs=("features", "logits"),
+                   class_conditional=False)
+    assert len(both.params.components) == 2 and auroc(OODScorer(both.params)(val), OODScorer(both.params)(out)) > 0.99
 
 
 def test_auroc_by_hand():
