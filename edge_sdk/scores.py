@@ -261,3 +261,46 @@ def edge_logits(outputs: Mapping[str, np.ndarray], prob_floor: float = 1e-4) -> 
     if "logits" in outputs:
         return np.atleast_2d(np.asarray(outputs["logits"], np.float64))
     return logits_from_probs(np.atleast_2d(outputs["probabilities"]), prob_floor)
+
+
+# --- the routing metric of a batch ------------------------------------------------------------
+
+ROUTING_METRICS: tuple[str, ...] = ("max_prob", "margin", "entropy", "deferral")
+LOWER_IS_CONFIDENT = frozenset({"entropy", "deferral"})
+
+
+def calibrated_probs(
+    outputs: Mapping[str, np.ndarray], temperature: float = 1.0, prob_floor: float = 1e-4
+) -> np.ndarray:
+    """The probabilities the router and the caller see: the model's own at T = 1, else softmax(logits / T)."""
+    if temperature == 1.0:
+        return np.atleast_2d(np.asarray(outputs["probabilities"], np.float64))
+    return softmax(edge_logits(outputs, prob_floor), temperature)
+
+
+def metric_scores(
+    outputs: Mapping[str, np.ndarray],
+    metric: str,
+    *,
+    temperature: float = 1.0,
+    deferral: DeferralModel | None = None,
+    prob_floor: float = 1e-4,
+) -> np.ndarray:
+    """The routing metric [N] of a batch of edge outputs; confident is at or above the threshold, or at or
+    below it for the metrics in :data:`LOWER_IS_CONFIDENT`."""
+    if metric == "deferral":
+        if deferral is None:
+            raise ValueError("metric 'deferral' needs the bundle's deferral model")
+        return deferral(edge_logits(outputs, prob_floor), temperature, outputs.get("features"))
+    p = calibrated_probs(outputs, temperature, prob_floor)
+    if metric == "max_prob":
+        out: np.ndarray = p.max(axis=-1)
+    elif metric == "margin":
+        top2 = np.sort(p, axis=-1)[:, -2:]
+        out = top2[:, 1] - top2[:, 0]
+    elif metric == "entropy":
+        q = np.clip(p, _EPS, 1.0)
+        out = -(q * np.log(q)).sum(axis=-1)
+    else:
+        raise ValueError(f"unknown routing metric {metric!r}; choose from {', '.join(ROUTING_METRICS)}")
+    return out

@@ -9,18 +9,21 @@ the cloud. The hybrid's accuracy gap to the cloud is
 With probability at least 1 - delta, p_harm <= U (Clopper-Pearson upper bound at
 delta/2) and p_help >= L (Clopper-Pearson lower bound at delta/2), so
 ``gap <= U - L`` (the union bound). That bound is computed at each threshold of a
-grid fixed before the calibration data is seen, ordered from "offload
-everything" (gap exactly 0) towards "offload nothing", and the thresholds are
-tested in that order at level delta each, stopping at the first that fails:
-fixed-sequence testing, which controls the chance that the chosen threshold's
-true gap exceeds the target at delta without a union bound over the grid
-(Learn then Test, Angelopoulos et al. 2021, "Learn then Test: Calibrating
-Predictive Algorithms to Achieve Risk Control"). Several metrics split delta
-equally (Bonferroni).
+grid (offload 100%, 99%, ..., 0%) and the thresholds are tested in a fixed
+order at level delta each, stopping at the first that fails: fixed-sequence
+testing, which controls the chance that the chosen threshold's true gap exceeds
+the target at delta without a union bound over the grid (Learn then Test,
+Angelopoulos et al. 2021, "Learn then Test: Calibrating Predictive Algorithms
+to Achieve Risk Control"). The grid, the metric and the order are fixed on a
+*fit* split the calibration data is not part of: the sequence starts where the
+fit split's hybrid is most accurate and walks towards less offload. (Starting
+at "offload everything" would make the first tests keep a handful of images on
+the edge, where no image helps and the bound is its floor, about 3/n.)
 
-The bound is never below the point estimate, so the chosen threshold never
-offloads less than the point estimate's; when the calibration set is too small
-for even the first step, everything is offloaded and the result says so.
+Offloading everything is always allowed (its gap is exactly 0): when the first
+test fails, the calibration set is too small for the target, everything is
+offloaded, and the result says so. The bound is never below the point
+estimate, so the chosen threshold never offloads less than the point estimate's.
 """
 
 from __future__ import annotations
@@ -115,7 +118,8 @@ class Selection:
     n: int
     delta: float  # this metric's share of delta
     target_gap: float  # fraction
-    steps_passed: int  # thresholds of the sequence certified before the first failure
+    index: int  # the chosen point of the grid (0: offload everything)
+    start: int  # where the fixed sequence started
     point_threshold: float  # lowest-offload threshold whose estimate meets the target (no guarantee)
     point_offload: float
     too_small: bool  # the first step failed: the calibration set cannot certify the target, so everything goes
@@ -125,40 +129,60 @@ class Selection:
 
 
 def select_threshold(metric: str, scores: np.ndarray, edge_ok: np.ndarray, cloud_ok: np.ndarray, grid: np.ndarray,
-                     *, lower_is_confident: bool, target_gap: float, delta: float) -> Selection:
-    """Fixed-sequence testing down ``grid`` (most offload first): the last threshold before the first whose bound
-    exceeds ``target_gap`` (a fraction). The first grid point (offload everything) needs no test: its gap is 0."""
+                     *, lower_is_confident: bool, target_gap: float, delta: float, start: int = 0) -> Selection:
+    """Fixed-sequence testing down ``grid`` (ordered most offload first) from ``start``: the last threshold before
+    the first whose bound exceeds ``target_gap`` (a fraction). Grid point 0 (offload everything) needs no test."""
     steps = evaluate_steps(scores, edge_ok, cloud_ok, grid, lower_is_confident, delta)
     chosen = 0
-    for i in range(1, len(steps)):
+    for i in range(max(start, 1), len(steps)):
         if steps[i].bound > target_gap:
             break
         chosen = i
     met = [i for i, st in enumerate(steps) if st.estimate <= target_gap]
     point = min(met, key=lambda i: (steps[i].offload, steps[i].estimate))
     st = steps[chosen]
-    return Selection(metric, st.threshold, st.offload, st.estimate, st.bound, len(scores), delta, target_gap, chosen,
-                     steps[point].threshold, steps[point].offload, chosen == 0 and len(steps) > 1)
+    bound = 0.0 if chosen == 0 else st.bound  # offloading everything: the gap is exactly 0
+    return Selection(metric, st.threshold, st.offload, st.estimate, bound, len(scores), delta, target_gap, chosen,
+                     start, steps[point].threshold, steps[point].offload, chosen == 0 and len(steps) > 1)
 
 
-def select_across(
-    metrics: Mapping[str, tuple[np.ndarray, np.ndarray, bool]],
-    edge_ok: np.ndarray,
-    cloud_ok: np.ndarray,
-    *,
-    target_gap: float,
-    delta: float,
-    order: Sequence[str] | None = None,
-) -> tuple[Selection, dict[str, Selection]]:
-    """Each metric ``name -> (fit-split scores, calibration scores, lower_is_confident)`` at delta / M; the one
-    that certifies the lowest offload wins (ties: the earlier in ``order``)."""
-    names = list(order or metrics)
-    share = delta / len(names)
-    per = {}
+def start_index(steps: Sequence[Step]) -> int:
+    """Where the sequence starts: the grid point with the fit split's most accurate hybrid (lowest estimated gap;
+    ties: the least offload)."""
+    return min(range(len(steps)), key=lambda i: (steps[i].estimate, steps[i].offload))
+
+
+def point_offload(steps: Sequence[Step], target_gap: float) -> float:
+    """The least offload whose estimated gap meets the target (the point estimate's choice)."""
+    return min(st.offload for st in steps if st.estimate <= target_gap)
+
+
+@dataclass
+class Split:
+    """Routing scores and who is right, on one split: ``metric -> (scores, lower_is_confident)``."""
+
+    scores: Mapping[str, tuple[np.ndarray, bool]]
+    edge_ok: np.ndarray
+    cloud_ok: np.ndarray
+
+
+def select_certified(fit: Split, cal: Split, *, target_gap: float, delta: float,
+                     order: Sequence[str] | None = None) -> tuple[Selection, dict[str, float]]:
+    """Choose the metric, grid and starting point on ``fit``; certify the threshold on ``cal`` at ``delta``.
+
+    The metric is the one whose point estimate on ``fit`` reaches the target with the least offload (ties:
+    the earlier in ``order``). Returns the selection and each metric's offload on ``fit``.
+    """
+    names = list(order or fit.scores)
+    plans = {}
     for m in names:
-        fit_scores, cal_scores, lower = metrics[m]
-        grid = offload_grid(fit_scores, lower)
-        per[m] = select_threshold(m, cal_scores, edge_ok, cloud_ok, grid, lower_is_confident=lower,
-                                  target_gap=target_gap, delta=share)
-    best = min(names, key=lambda m: (per[m].offload, names.index(m)))
-    return per[best], per
+        scores, lower = fit.scores[m]
+        grid = offload_grid(scores, lower)
+        steps = evaluate_steps(scores, fit.edge_ok, fit.cloud_ok, grid, lower, delta)
+        plans[m] = (grid, start_index(steps), point_offload(steps, target_gap))
+    best = min(names, key=lambda m: (plans[m][2], names.index(m)))
+    grid, start, _ = plans[best]
+    cal_scores, lower = cal.scores[best]
+    sel = select_threshold(best, cal_scores, cal.edge_ok, cal.cloud_ok, grid, lower_is_confident=lower,
+                           target_gap=target_gap, delta=delta, start=start)
+    return sel, {m: p[2] for m, p in plans.items()}

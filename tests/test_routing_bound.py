@@ -15,7 +15,8 @@ from quantize.threshold_bound import (
     evaluate_steps,
     gap_upper_bound,
     offload_grid,
-    select_across,
+    Split,
+    select_certified,
     select_threshold,
 )
 
@@ -60,7 +61,7 @@ def test_selection_on_a_case_computed_by_hand():
     # Offloading 4% keeps one fix: bound = CP upper(1, 100, 0.05) = 0.0466 > 0.03, the sequence stops.
     assert sel.offload == pytest.approx(0.05)
     assert sel.estimate == 0.0 and sel.bound == pytest.approx(0.0295130, abs=1e-6)
-    assert not sel.too_small and sel.steps_passed == 95
+    assert not sel.too_small and sel.index == 95
     # The point estimate accepts up to 3 kept fixes (3 / 100 <= 0.03): offload 2%.
     assert sel.point_offload == pytest.approx(0.02)
     assert sel.offload >= sel.point_offload
@@ -72,7 +73,7 @@ def test_too_small_a_calibration_set_offloads_everything_and_says_so():
     sel = select_threshold("max_prob", scores[:20], edge_ok[:20] | True, cloud_ok[:20], grid,
                            lower_is_confident=False, target_gap=0.005, delta=0.1)
     # even with no harm at all, 20 images bound the gap at 1 - 0.05^(1/20) = 0.139 > 0.005
-    assert sel.too_small and sel.offload == 1.0 and sel.steps_passed == 0
+    assert sel.too_small and sel.offload == 1.0 and sel.index == 0
     assert sel.point_offload < 1.0  # the point estimate alone would have kept images on the edge
 
 
@@ -93,12 +94,32 @@ def test_bound_never_offloads_less_than_the_point_estimate(seed):
         assert st.bound >= st.estimate - 1e-12
 
 
-def test_select_across_splits_delta_and_keeps_the_lowest_offload():
+def test_the_fit_split_chooses_metric_and_start_and_the_calibration_split_certifies():
     scores, edge_ok, cloud_ok = _hand_case()
-    metrics = {"good": (scores, scores, False), "random": (scores, np.random.default_rng(0).permutation(scores), False)}
-    best, per = select_across(metrics, edge_ok, cloud_ok, target_gap=0.03, delta=0.1)
-    assert per["good"].delta == per["random"].delta == pytest.approx(0.05)
-    assert best.metric == "good" and best.offload <= per["random"].offload
+    shuffled = np.random.default_rng(0).permutation(scores)
+    fit = Split({"good": (scores, False), "random": (shuffled, False)}, edge_ok, cloud_ok)
+    sel, fit_offload = select_certified(fit, fit, target_gap=0.03, delta=0.1)
+    assert sel.metric == "good" and fit_offload["good"] < fit_offload["random"]
+    # the fit split's best hybrid is at 5% offload (every fix sent): the sequence starts there, passes, then stops
+    assert sel.start == 95 and sel.index == 95 and sel.offload == pytest.approx(0.05) and sel.delta == 0.1
+
+
+def test_starting_where_the_hybrid_is_best_certifies_what_starting_at_full_offload_cannot():
+    """With few images kept the bound sits at its floor (~3/n) and fails; started at the fit split's best point
+    (where the edge's right answers the cloud gets wrong offset the misses) the same data certifies."""
+    rng = np.random.default_rng(5)
+    n = 500  # the floor 1 - 0.05^(1/500) = 0.6% is over the 0.5-point target
+    conf = rng.random(n)
+    edge_ok = rng.random(n) < 0.3 + 0.7 * conf
+    cloud_ok = rng.random(n) < 0.8
+    grid = offload_grid(conf, lower_is_confident=False)
+    plain = select_threshold("m", conf, edge_ok, cloud_ok, grid, lower_is_confident=False, target_gap=0.005, delta=0.1)
+    steps = evaluate_steps(conf, edge_ok, cloud_ok, grid, False, 0.1)
+    start = min(range(len(steps)), key=lambda i: (steps[i].estimate, steps[i].offload))
+    started = select_threshold("m", conf, edge_ok, cloud_ok, grid, lower_is_confident=False, target_gap=0.005,
+                               delta=0.1, start=start)
+    assert plain.too_small and not started.too_small and started.offload < 0.9
+    assert started.bound <= 0.005 and started.offload >= started.point_offload
 
 
 def test_the_guarantee_holds_in_simulation():
@@ -107,17 +128,18 @@ def test_the_guarantee_holds_in_simulation():
     rng = np.random.default_rng(7)
     pop = 200_000
     conf = rng.random(pop)
-    edge_ok = rng.random(pop) < 0.45 + 0.5 * conf
-    cloud_ok = rng.random(pop) < 0.85
-    fit = rng.random(2000)  # the grid comes from data the calibration sets are not part of
-    grid = offload_grid(fit, lower_is_confident=False)
+    edge_ok = rng.random(pop) < 0.3 + 0.7 * conf  # 65%, right more often when sure
+    cloud_ok = rng.random(pop) < 0.8  # the cloud's mistakes fall anywhere
     target, delta, n, trials = 0.005, 0.1, 600, 200
-    violations = 0
+    violations = certified = 0
     for _ in range(trials):
-        idx = rng.choice(pop, n, replace=False)
-        sel = select_threshold("m", conf[idx], edge_ok[idx], cloud_ok[idx], grid, lower_is_confident=False,
-                               target_gap=target, delta=delta)
+        fit_idx, idx = rng.choice(pop, n, replace=False), rng.choice(pop, n, replace=False)
+        fit = Split({"m": (conf[fit_idx], False)}, edge_ok[fit_idx], cloud_ok[fit_idx])
+        cal = Split({"m": (conf[idx], False)}, edge_ok[idx], cloud_ok[idx])
+        sel, _ = select_certified(fit, cal, target_gap=target, delta=delta)
+        certified += not sel.too_small
         kept = conf >= sel.threshold
         true_gap = (kept & cloud_ok & ~edge_ok).mean() - (kept & edge_ok & ~cloud_ok).mean()
         violations += true_gap > target
     assert violations / trials <= delta
+    assert certified > trials / 2  # and it is not vacuous: most draws keep images on the edge
