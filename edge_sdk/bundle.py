@@ -16,10 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import BundleError
 from .preprocess import InputSpec, PreprocessSpec, QuantParams
+from .scores import DeferralParams, OODParams
 
 SCHEMA_VERSION = "1.0"
 MANIFEST = "manifest.json"
@@ -43,12 +44,24 @@ class ModelFile(BaseModel):
 
 
 class Routing(BaseModel):
-    """When the edge answer is good enough; ``calibration`` holds the curve it came from."""
+    """When the edge answer is good enough (edge_sdk.scores): the metric and its threshold, the temperature the
+    logits are divided by before any score, the deferral model (metric ``deferral``), the out-of-distribution
+    score, and in ``calibration`` how the threshold was chosen (estimate, bound, n, delta). Bundles written
+    before these fields load with T = 1, no deferral model and no out-of-distribution score."""
 
     model_config = ConfigDict(extra="forbid")
-    metric: Literal["max_prob", "margin", "entropy"] = "max_prob"
+    metric: Literal["max_prob", "margin", "entropy", "deferral"] = "max_prob"
     threshold: float = 0.5
+    temperature: float = Field(1.0, gt=0)
     calibration: dict[str, Any] | None = None
+    deferral: DeferralParams | None = None
+    ood: OODParams | None = None
+
+    @model_validator(mode="after")
+    def _deferral_present(self) -> Routing:
+        if self.metric == "deferral" and self.deferral is None:
+            raise ValueError("metric 'deferral' needs the deferral model's parameters")
+        return self
 
 
 class DataInfo(BaseModel):

@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from edge_sdk.bundle import Bundle, ModelFile, Routing, load_bundle, update_bundle
+from edge_sdk.bundle import Bundle, ModelFile, load_bundle, update_bundle
 from edge_sdk.errors import HybridVisionError
 
 from . import data as data_mod
 from .agreement import agreement_report
-from .calibrate import calibrate, plot_curves
 from .convert import Quantizer, check_classifier, convert_fp32, convert_int8
 from .errors import (  # noqa: F401  (re-exported: quantize.pipeline.QuantizeError is the public name)
     AccuracyDropError,
@@ -33,6 +32,8 @@ from .errors import (  # noqa: F401  (re-exported: quantize.pipeline.QuantizeErr
 )
 from .metrics import classification_summary, plot_confusion
 from .ops import list_ops, non_int8_ops, op_counts
+from .routing_calibration import RoutingConfig
+from .routing_step import calibrate_routing, model_to_convert, plot_calibration, report_section
 from .tflite_eval import compare_latency, io_quant, run_tflite
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,14 @@ def quantize_bundle(
     progress: bool = True,
     quantizer: Quantizer = "tflite-converter",
     latency_runs: int = 200,
+    routing: RoutingConfig | None = None,
+    num_ood_train: int = 2000,
 ) -> dict[str, Any]:
-    """Add the int8 edge model, the parity report and the calibrated routing to a bundle; return the report."""
+    """Add the int8 edge model, the parity report and the calibrated routing to a bundle; return the report.
+
+    ``routing`` says how the threshold is chosen (default: within ``target_gap`` points of the cloud with
+    probability 1 - 0.1, or ``max_offload``); ``num_ood_train`` training images fit the out-of-distribution score.
+    """
     from .train import predict_probs
 
     t_start = time.perf_counter()
@@ -165,7 +172,8 @@ def quantize_bundle(
                             f"{inp.height}x{inp.width}x{inp.channels}")
     t0 = time.perf_counter()
     fp32_bytes = convert_fp32(edge_keras)
-    int8_bytes = convert_int8(edge_keras, calib.x, io_dtype, quantizer=quantizer, progress=progress)  # type: ignore[arg-type]
+    int8_bytes = convert_int8(model_to_convert(edge_keras), calib.x, io_dtype, quantizer=quantizer,  # type: ignore[arg-type]
+                              progress=progress)
     convert_s = time.perf_counter() - t0
 
     ops = list_ops(int8_bytes)
@@ -230,23 +238,20 @@ def quantize_bundle(
                          "tflite_fp32": lat32.as_dict(), "tflite_int8": lat8.as_dict(),
                          "speedup_fp32_over_int8": lat32.median_ms / lat8.median_ms}
 
-    pv_int8 = run_tflite(int8_bytes, val.x, progress=progress, desc="int8 tflite (val)")
-    pv_cloud = predict_probs(cloud_keras, val.x)
-    cal = calibrate(pv_int8, pv_cloud, val.y, target_gap=target_gap, max_offload=max_offload)
-    ch = cal.chosen
-    report["calibration"] = {"metric": ch.metric, "threshold": ch.threshold, "offload": ch.offload,
-                             "hybrid_accuracy": ch.accuracy, "val_cloud_accuracy": cal.cloud_accuracy,
-                             "val_edge_accuracy": cal.edge_accuracy, "mode": cal.as_dict()["mode"],
-                             "target_gap_points": target_gap, "max_offload": max_offload}
+    cfg = routing or RoutingConfig(target_gap=target_gap, max_offload=max_offload)
+    ood_train = load(data_mod.stratified_sample(sp.train, num_ood_train if cfg.ood else 0), "load train sample")
+    new_routing, fit = calibrate_routing(int8_bytes, val.x, val.y, predict_probs(cloud_keras, val.x), ood_train.x,
+                                         ood_train.y, cfg, progress=progress)
+    report["calibration"] = report_section(fit)
     report["passed"] = True
     report["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
 
     new = man.model_copy(deep=True)
     new.models["edge"] = ModelFile(file=EDGE_FILE, format="tflite-int8", input_quant=in_q, output_quant=out_q)
-    new.routing = Routing(metric=ch.metric, threshold=ch.threshold, calibration=cal.as_dict())  # type: ignore[arg-type]
+    new.routing = new_routing
     new.reports["quantize"] = report
     with tempfile.TemporaryDirectory() as td:
-        curve_png = plot_curves(cal, Path(td) / CURVE_PNG)
+        curve_png = plot_calibration(fit, Path(td) / CURVE_PNG)
         cm_png = plot_confusion(int8_summary["confusion_matrix"], man.labels, Path(td) / CONFUSION_PNG,
                                 "int8 edge model, test split")
         update_bundle(bundle, new, {EDGE_FILE: int8_bytes, CURVE_PNG: curve_png, CONFUSION_PNG: cm_png})

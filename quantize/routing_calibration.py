@@ -28,6 +28,7 @@ from edge_sdk.scores import (
     metric_scores,
 )
 
+from .errors import QuantizeError
 from .routing_fit import cloud_fixes, expected_calibration_error, fit_deferral, fit_ood, fit_temperature
 from .threshold_bound import Selection, Split, select_certified
 
@@ -69,6 +70,18 @@ class RoutingConfig:
     ood_outputs: tuple[str, ...] = ("features",)
     ood_rate: float = 0.99
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = [msg for bad, msg in (
+            (self.target_gap < 0, f"--target-gap is in points and must be >= 0, not {self.target_gap}"),
+            (not 0 < self.delta < 1, f"--delta must be within (0, 1), not {self.delta}"),
+            (self.max_offload is not None and not 0 <= self.max_offload <= 1,
+             f"--max-offload must be within [0, 1], not {self.max_offload}"),
+            (not 0 < self.fit_fraction < 1, f"fit_fraction must be within (0, 1), not {self.fit_fraction}"),
+            (not 0 < self.ood_rate < 1, f"ood_rate must be within (0, 1), not {self.ood_rate}"),
+        ) if bad]
+        if problems:
+            raise QuantizeError("; ".join(problems))
 
 
 @dataclass
@@ -163,9 +176,10 @@ def fit_routing(val: Labelled, train: Labelled | None, cfg: RoutingConfig = Rout
 
 def guarantee_record(best: Selection, fit_offload: Mapping[str, float], cfg: RoutingConfig) -> dict[str, Any]:
     """The manifest's account of a certified threshold: estimate, bound, n, delta (gaps in points)."""
-    note = (f"the calibration part ({best.n} images) is too small to certify a gap of {cfg.target_gap:g} points at "
-            f"delta {cfg.delta:g}: everything is offloaded; calibrate on more data (--calib) or allow a larger "
-            "--target-gap") if best.too_small else None
+    note = (f"no threshold that keeps images on the edge could be certified within {cfg.target_gap:g} points of "
+            f"the cloud at delta {cfg.delta:g} with {best.n} calibration images, so everything is offloaded: the "
+            "calibration set is too small for the target, or the edge model too far behind the cloud; calibrate on "
+            "more data (--calib) or allow a larger --target-gap") if best.too_small else None
     return {
         "mode": "target_gap", "method": "Clopper-Pearson bound, fixed-sequence testing (Learn then Test)",
         "metric": best.metric, "threshold": best.threshold, "offload": best.offload,
