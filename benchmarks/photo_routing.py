@@ -82,3 +82,153 @@ def upload_section(bundle_path: str | Path, items: Sequence[tuple[Path, int]], p
         "formats": {u: {"cloud_accuracy": acc[u], "cost_points": 100 * (base - acc[u]),
                         "request_bytes_mean": float(np.mean(sent[u]))} for u in UPLOADS},
     }
+
+
+# --- the edge as the device runs it ------------------------------------------------------------------
+
+
+def edge_outputs(bundle, items: Sequence[tuple[Path, int]], progress: bool = False) -> dict[str, np.ndarray]:
+    """Every named output of the bundle's int8 model for each image, through the SDK's LocalModel."""
+    from tqdm.auto import tqdm
+
+    from edge_sdk.preprocess import preprocess
+    from edge_sdk.runtime import LocalModel
+
+    model = LocalModel.from_bundle(bundle)
+    inp, pp = bundle.manifest.input, bundle.manifest.preprocess
+    rows = [model.predict_outputs(model.quantize_input(preprocess(p, inp, pp)))
+            for p, _ in tqdm(items, desc="edge", disable=not progress, leave=False)]
+    out = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    out["_prob_floor"] = np.array(model.output_quant.scale / 2)
+    return out
+
+
+def _scores(bundle, outs: dict[str, np.ndarray], metric: str) -> np.ndarray:
+    from edge_sdk.scores import DeferralModel, metric_scores
+
+    r = bundle.manifest.routing
+    deferral = DeferralModel(r.deferral) if r.deferral is not None else None
+    return metric_scores(outs, metric, temperature=r.temperature, deferral=deferral,
+                         prob_floor=float(outs["_prob_floor"]))
+
+
+def _confident(bundle, outs: dict[str, np.ndarray]) -> np.ndarray:
+    from edge_sdk.scores import LOWER_IS_CONFIDENT
+
+    r = bundle.manifest.routing
+    s = _scores(bundle, outs, r.metric)
+    return s <= r.threshold if r.metric in LOWER_IS_CONFIDENT else s >= r.threshold
+
+
+def _ood_flags(bundle, outs: dict[str, np.ndarray]) -> tuple[np.ndarray | None, np.ndarray]:
+    from edge_sdk.scores import OODScorer
+
+    ood = bundle.manifest.routing.ood
+    if ood is None:
+        return None, np.zeros(len(outs["probabilities"]), bool)
+    scorer = OODScorer(ood)
+    s = scorer(outs)
+    return s, np.asarray(scorer.is_out(s), bool)
+
+
+# --- routing on the test split --------------------------------------------------------------------------
+
+
+def routing_section(bundle_path: str | Path, items: Sequence[tuple[Path, int]], *, target_gap: float = 0.5,
+                    plot: Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """ECE, the offload each metric needs to come within ``target_gap`` points of the cloud, the oracle's, and the
+    calibrated threshold's validation estimate and bound against its test gap and offload."""
+    from edge_sdk.bundle import load_bundle
+    from edge_sdk.preprocess import preprocess
+    from edge_sdk.scores import LOWER_IS_CONFIDENT, ROUTING_METRICS
+    from quantize.routing_calibration import offload_to_reach, oracle_curve, tradeoff_curve
+
+    bundle = load_bundle(bundle_path)
+    r = bundle.manifest.routing
+    y = np.array([c for _, c in items])
+    outs = edge_outputs(bundle, items, progress)
+    inp, pp = bundle.manifest.input, bundle.manifest.preprocess
+    cloud = _batched(_cloud_call(bundle), np.stack([preprocess(p, inp, pp) for p, _ in items]))
+    e_ok, c_ok = outs["probabilities"].argmax(1) == y, cloud.argmax(1) == y
+    goal = c_ok.mean() - target_gap / 100
+    metrics = [m for m in ROUTING_METRICS if m != "deferral" or r.deferral is not None]
+    curves = {m: tradeoff_curve(_scores(bundle, outs, m), m in LOWER_IS_CONFIDENT, e_ok, c_ok, len(y) + 1)
+              for m in metrics}
+    curves["oracle"] = oracle_curve(e_ok, c_ok, len(y) + 1)
+    kept = _confident(bundle, outs)
+    ood_score, flagged = _ood_flags(bundle, outs)
+    hybrid = float(np.where(kept, e_ok, c_ok).mean())
+    cal = r.calibration or {}
+    section = {
+        "n": int(len(y)), "edge_accuracy": float(e_ok.mean()), "cloud_accuracy": float(c_ok.mean()),
+        "target_gap_points": target_gap,
+        "ece": _ece(outs, y, r.temperature),
+        "offload_to_target": {m: offload_to_reach(c, goal) for m, c in curves.items()},
+        "calibrated": {
+            "metric": r.metric, "threshold": r.threshold, "delta": cal.get("delta"), "n_val": cal.get("n"),
+            "val_estimate_points": cal.get("estimate_points"), "val_bound_points": cal.get("bound_points"),
+            "val_offload": cal.get("offload"), "too_small": cal.get("too_small"),
+            "test_gap_points": 100 * (float(c_ok.mean()) - hybrid), "test_offload": float(1 - kept.mean()),
+            "test_offload_with_ood": float(1 - (kept & ~flagged).mean()),
+        },
+    }
+    section["offload_to_target"]["best_metric"] = min((v, m) for m, v in section["offload_to_target"].items()
+                                                      if m != "oracle")[1]
+    if plot is not None:
+        section["plot"] = str(_plot(curves, section, plot))
+    return section
+
+
+def _ece(outs: dict[str, np.ndarray], y: np.ndarray, temperature: float) -> dict[str, float]:
+    """The ECE of the int8 model's own probabilities, and after the bundle's temperature."""
+    from edge_sdk.scores import calibrated_probs
+    from quantize.routing_fit import expected_calibration_error
+
+    after = calibrated_probs(outs, temperature, float(outs["_prob_floor"]))
+    return {"before": expected_calibration_error(outs["probabilities"], y),
+            "after": expected_calibration_error(after, y), "temperature": temperature}
+
+
+def _plot(curves: dict[str, dict[str, list[float]]], section: dict[str, Any], path: Path) -> Path:
+    from quantize.routing_plot import Marked, plot_routing
+
+    c = section["calibrated"]
+    thin = {m: {k: v[:: max(1, len(v) // 400)] + v[-1:] for k, v in cv.items()} for m, cv in curves.items()}
+    mark = Marked(c["test_offload"], section["cloud_accuracy"] - c["test_gap_points"] / 100,
+                  f"calibrated ({c['metric']}): {100 * c['test_offload']:.1f}% offload, test gap "
+                  f"{c['test_gap_points']:.2f} pt (bound {c['val_bound_points']:.2f})")
+    return plot_routing(thin, path, cloud_accuracy=section["cloud_accuracy"], edge_accuracy=section["edge_accuracy"],
+                        target_gap=section["target_gap_points"], marks=[mark],
+                        title=f"CIFAR-10 photos, test split (n={section['n']}): accuracy vs offload")
+
+
+# --- out of distribution ----------------------------------------------------------------------------------
+
+
+def ood_section(bundle_path: str | Path, in_items: Sequence[tuple[Path, int]], out_items: Sequence[tuple[Path, int]],
+                progress: bool = False) -> dict[str, Any]:
+    """The bundle's out-of-distribution score with ``in_items`` (its own test data) against ``out_items``
+    (another data set): AUROC, outliers caught, outliers still answered as confident on the edge, and the
+    extra offload it costs on in-distribution images; the parameter-free scores beside it for comparison."""
+    from edge_sdk.bundle import load_bundle
+    from edge_sdk.scores import edge_logits, energy
+    from quantize.routing_fit import auroc
+
+    bundle = load_bundle(bundle_path)
+    ins, outs = edge_outputs(bundle, in_items, progress), edge_outputs(bundle, out_items, progress)
+    s_in, f_in = _ood_flags(bundle, ins)
+    s_out, f_out = _ood_flags(bundle, outs)
+    conf_in, conf_out = _confident(bundle, ins), _confident(bundle, outs)
+    alt = {"energy": lambda o: energy(edge_logits(o)), "max_logit": lambda o: -edge_logits(o).max(1),
+           "max_prob": lambda o: -o["probabilities"].max(1)}
+    ood = bundle.manifest.routing.ood
+    return {
+        "n_in": len(in_items), "n_out": len(out_items),
+        "score": None if ood is None else {"kind": ood.kind, "outputs": [c.output for c in ood.components]},
+        "auroc": None if s_in is None else auroc(s_in, s_out),
+        "outliers_flagged": float(f_out.mean()),
+        "outliers_confident_on_edge": float((conf_out & ~f_out).mean()),
+        "outliers_confident_on_edge_without_ood": float(conf_out.mean()),
+        "extra_offload_points_in_distribution": 100 * float((conf_in & f_in).mean()),
+        "auroc_other_scores": {k: auroc(f(ins), f(outs)) for k, f in alt.items()},
+    }

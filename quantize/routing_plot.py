@@ -29,7 +29,7 @@ def plot_routing(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.8, 4.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(9.0, 4.6), dpi=110)
     for name, c in curves.items():
         ax.plot(c["offload"], 100 * np.asarray(c["hybrid_accuracy"]), label=name,
                 **STYLE.get(name, dict(lw=1.1, alpha=0.85)))
@@ -46,7 +46,7 @@ def plot_routing(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Path
     ax.set_xlim(-0.01, 1.01)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), framealpha=0.9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

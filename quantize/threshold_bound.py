@@ -66,8 +66,7 @@ def offload_grid(fit_scores: np.ndarray, lower_is_confident: bool, step: float =
     s = np.asarray(fit_scores, np.float64)
     keep = np.arange(0.0, 1.0 + step / 2, step)  # share kept on the edge: 0, step, ..., 1
     q = np.quantile(s, keep if lower_is_confident else 1.0 - keep)
-    span = float(s.max() - s.min()) or 1.0
-    pad = 1e-9 * span + 1e-12
+    pad = max(1.0, float(s.max() - s.min()))  # the ends lie well outside: new data beyond the fit's range stays put
     q[0] = (s.min() - pad) if lower_is_confident else (s.max() + pad)  # keeps nothing
     q[-1] = (s.max() + pad) if lower_is_confident else (s.min() - pad)  # keeps everything
     return q
