@@ -22,6 +22,7 @@ from .policy import Metric, Mode, Verdict
 from .preprocess import ImageLimits, InputSpec, PreprocessSpec, QuantParams, load_image, preprocess
 from .reasons import Reason
 from .routing import Observer, Outcome, Router
+from .scores import OODAction, RoutingMetric
 from .stats import LatencySummary, ModelState, Stats
 from .upload import Staged, Upload
 
@@ -30,6 +31,7 @@ __all__ = [
     "HybridClassifier", "Prediction", "Reason", "Stats", "LatencySummary", "ModelState",
     # options
     "HybridOptions", "HybridOverrides", "RoutingOptions", "CloudOptions", "EdgeOptions", "Mode", "Metric", "Upload",
+    "RoutingMetric", "OODAction",
     # capacity, breaker, updates
     "Probe", "ProbeResult", "default_probes", "MemoryProbe", "CpuLoadProbe", "InflightProbe",
     "CircuitBreaker", "BreakerSnapshot", "UpdateResult", "VerifiedUpdate",

@@ -24,8 +24,9 @@ from typing import TypedDict
 from .breaker import CircuitBreaker
 from .capacity import Probe
 from .client import CloudClient
-from .policy import Metric, Mode, check_metric, check_mode
+from .policy import Mode, check_mode
 from .preprocess import DEFAULT_LIMITS, ImageLimits
+from .scores import OOD_ACTIONS, ROUTING_METRICS, OODAction, RoutingMetric
 from .upload import Upload, check_upload
 
 
@@ -77,7 +78,9 @@ class CloudOptions(_Options):
         ca_bundle: a CA file to verify it with (a private CA).
         max_retries: retries of connection errors and 503s, within the deadline.
         breaker: the circuit breaker (default: opens after 5 failures for 10 s); share one to share its state.
-        upload: what is sent for an image: ``jpeg`` (resized), ``original`` (the caller's bytes) or ``tensor``.
+        upload: what is sent for an image (edge_sdk.upload): ``auto`` (the caller's file when it is small for
+            the model's input, else the resized pixels, losslessly for small inputs), ``lossless``, ``jpeg``
+            (resized, quality 90: costs accuracy on photos that already were JPEGs), ``original`` or ``tensor``.
     """
 
     cloud_url: str | None = None
@@ -87,7 +90,7 @@ class CloudOptions(_Options):
     ca_bundle: str | None = None
     max_retries: int = 2
     breaker: CircuitBreaker | None = None
-    upload: Upload = "jpeg"
+    upload: Upload = "auto"
 
     def __post_init__(self) -> None:
         check_upload(self.upload)
@@ -141,17 +144,25 @@ class HybridOptions(RoutingOptions, CloudOptions, EdgeOptions):
     Attributes:
         threshold: the routing threshold (None: the bundle's calibrated one, which an update may replace;
             a threshold given here always wins).
-        metric: the confidence metric (None: the bundle's); another metric than the bundle's needs a threshold.
+        metric: the routing metric (None: the bundle's): max_prob, margin, entropy, or ``deferral`` (the bundle's
+            learned "the cloud would fix this" score); another metric than the bundle's needs a threshold.
+        out_of_distribution: what a frame the bundle's out-of-distribution score flags gets: ``cloud`` (ask
+            the cloud, reason ``out_of_distribution``), ``unknown`` (answer "unknown" on the device), or
+            ``ignore`` (route it like any other frame).
         top_k: how many labels each answer lists.
     """
 
     threshold: float | None = None
-    metric: Metric | None = None
+    metric: RoutingMetric | None = None
+    out_of_distribution: OODAction = "cloud"
     top_k: int = 3
 
     def __post_init__(self) -> None:
-        if self.metric is not None:
-            check_metric(self.metric)
+        if self.metric is not None and self.metric not in ROUTING_METRICS:
+            raise ValueError(f"unknown routing metric {self.metric!r}; choose from {', '.join(ROUTING_METRICS)}")
+        if self.out_of_distribution not in OOD_ACTIONS:
+            raise ValueError(f"unknown out_of_distribution {self.out_of_distribution!r}; "
+                             f"choose from {', '.join(OOD_ACTIONS)}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, not {self.top_k}")
         super().__post_init__()
@@ -176,7 +187,8 @@ class HybridOverrides(TypedDict, total=False):
     backend: str | Sequence[str] | None
     limits: ImageLimits
     threshold: float | None
-    metric: Metric | None
+    metric: RoutingMetric | None
+    out_of_distribution: OODAction
     top_k: int
 
 

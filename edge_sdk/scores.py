@@ -23,7 +23,7 @@ are checked with it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -265,8 +265,11 @@ def edge_logits(outputs: Mapping[str, np.ndarray], prob_floor: float = 1e-4) -> 
 
 # --- the routing metric of a batch ------------------------------------------------------------
 
-ROUTING_METRICS: tuple[str, ...] = ("max_prob", "margin", "entropy", "deferral")
+RoutingMetric = Literal["max_prob", "margin", "entropy", "deferral"]
+ROUTING_METRICS: tuple[str, ...] = get_args(RoutingMetric)
 LOWER_IS_CONFIDENT = frozenset({"entropy", "deferral"})
+OODAction = Literal["cloud", "unknown", "ignore"]  # what the device does with a frame flagged out of distribution
+OOD_ACTIONS: tuple[str, ...] = get_args(OODAction)
 
 
 def calibrated_probs(

@@ -33,7 +33,7 @@ def test_the_routing_model_gives_the_same_probabilities(models):
 def test_local_model_reads_named_outputs(models):
     keras_model, _, routed, rep = models
     m = LocalModel(routed)
-    assert m.extra_outputs == ("features", "logits") and m.num_classes == 4
+    assert m.extra_outputs == ("features", "logits", "stage_1") and m.num_classes == 4
     xq = m.quantize_input(rep[0])
     out = m.predict_outputs(xq)
     assert np.array_equal(out["probabilities"], m.predict_quantized(xq))

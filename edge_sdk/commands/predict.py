@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from ..upload import UPLOADS
+
 HELP = "classify images with a bundle's int8 model, asking the cloud for the hard ones"
 
 
@@ -23,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", choices=("max_prob", "margin", "entropy"), default=None,
                    help="override the bundle's metric (needs --threshold)")
     p.add_argument("--deadline-ms", type=float, default=2000.0, help="per-image deadline (default 2000)")
-    p.add_argument("--upload", choices=("jpeg", "original", "tensor"), default="jpeg", help="what to send to the cloud")
+    p.add_argument("--upload", choices=UPLOADS, default="auto", help="what to send to the cloud [auto]")
     p.add_argument("--ca-bundle", default=None, help="CA certificate file to verify the server's TLS certificate")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
