@@ -52,7 +52,7 @@ class Routing(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metric: Literal["max_prob", "margin", "entropy", "deferral"] = "max_prob"
     threshold: float = 0.5
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(default=1.0, gt=0)
     calibration: dict[str, Any] | None = None
     deferral: DeferralParams | None = None
     ood: OODParams | None = None

@@ -176,7 +176,7 @@ class OODComponent(BaseModel):
     means: list[list[float]] = Field(min_length=1)
     precision: list[list[float]] = Field(min_length=1)
     center: float = 0.0
-    scale: float = Field(1.0, gt=0)
+    scale: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
     def _square(self) -> OODComponent:

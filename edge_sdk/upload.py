@@ -86,16 +86,15 @@ def original_budget(resized: np.ndarray, channels: int) -> int:
     """Bytes under which the caller's file is sent as it is: half a byte per model input value, about what
     lossless WebP takes for a photo at the model's size (1,538 bytes at 32x32 on CIFAR, whose files are ~920)."""
     h, w = resized.shape[:2]
-    return h * w * channels // 2
+    return int(h * w * channels // 2)
 
 
 def auto_bytes(s: Staged, channels: int = 3) -> bytes:
     """What ``upload="auto"`` sends for one image (see the module docstring)."""
     budget = original_budget(s.resized, channels)
     src = s.source
-    if isinstance(src, (str, os.PathLike)) and _file_size(src) > budget:
-        src = None  # a big file: do not read it again just to drop it
-    own = _own_bytes(src) if src is not None else None
+    big_file = isinstance(src, (str, os.PathLike)) and _file_size(src) > budget  # not read again just to drop it
+    own = None if big_file else _own_bytes(src)
     if own is not None and len(own) <= budget:
         return own
     h, w = s.resized.shape[:2]
