@@ -29,6 +29,7 @@ import numpy as np
 from edge_sdk.bundle import Bundle, load_bundle
 from edge_sdk.errors import CloudError, HybridVisionError, InvalidImageError
 from edge_sdk.policy import confidence, is_confident
+from edge_sdk.scores import LOWER_IS_CONFIDENT
 
 from . import data as data_mod
 
@@ -109,11 +110,13 @@ class ModeRun:
     bytes_sent: np.ndarray  # [N]
     latency_kind: str
     reasons: dict[str, int] = field(default_factory=dict)
+    scores: np.ndarray | None = None  # [N] the SDK's routing score of the edge output (edge runs)
+    ood: np.ndarray | None = None  # [N] bool: the bundle's out-of-distribution score flagged the image
 
 
 def sdk_pass(
     bundle: Bundle, paths: Sequence[Path], mode: str, *, cloud_url: str | None = None, api_key: str | None = None,
-    cloud_model: str | None = None, upload: str = "jpeg", deadline_ms: float = 10_000.0, progress: bool = True,
+    cloud_model: str | None = None, upload: str = "auto", deadline_ms: float = 10_000.0, progress: bool = True,
     strict: bool = True,
 ) -> tuple[ModeRun, list[tuple[str, str]]]:
     """Run the edge SDK's ``predict`` on each image in ``mode``; returns the run and the unreadable files.
@@ -132,6 +135,7 @@ def sdk_pass(
     n, c = len(paths), len(bundle.labels)
     probs = np.zeros((n, c), np.float32)
     off, lat, sent = np.zeros(n, bool), np.zeros(n), np.zeros(n)
+    scores, ood = np.full(n, np.nan), np.zeros(n, bool)
     reasons: Counter = Counter()
     skipped: list[tuple[str, str]] = []
     keep = np.ones(n, bool)
@@ -154,9 +158,12 @@ def sdk_pass(
             off[i] = p.source == "cloud"
             lat[i] = p.latency_ms["total"]
             sent[i] = p.bytes_sent
+            scores[i] = np.nan if p.edge_score is None else p.edge_score
+            ood[i] = p.out_of_distribution
             reasons[p.reason] += 1
     where = "over HTTP" if cloud_url else "on this machine"
-    run = ModeRun(mode, probs[keep], off[keep], lat[keep], sent[keep], f"edge SDK predict() per image, {where}", dict(reasons))
+    run = ModeRun(mode, probs[keep], off[keep], lat[keep], sent[keep], f"edge SDK predict() per image, {where}",
+                  dict(reasons), scores[keep], ood[keep])
     return run, skipped
 
 
@@ -170,7 +177,7 @@ def _warm_up(clf, paths: Sequence[Path]) -> None:
             continue
 
 
-def keras_cloud_pass(bundle: Bundle, paths: Sequence[Path], *, upload: str = "jpeg", batch_size: int = 64,
+def keras_cloud_pass(bundle: Bundle, paths: Sequence[Path], *, upload: str = "auto", batch_size: int = 64,
                      progress: bool = True) -> ModeRun:
     """The bundle's full-precision model in this process: shared preprocessing, one compiled call per batch.
 
@@ -229,8 +236,15 @@ def request_bytes(path: Path, bundle: Bundle, upload: str) -> int:
 
 
 def hybrid_from(edge: ModeRun, cloud: ModeRun, metric: str, threshold: float) -> ModeRun:
-    """Route each image with the SDK's own rule: the edge answer when confident, else the cloud's."""
-    conf = np.asarray(is_confident(np.asarray(confidence(edge.probs, metric)), threshold, metric), bool)
+    """Route each image with the SDK's own rule: the edge answer when confident (by the SDK's own routing
+    score when the edge run recorded it) and not out of distribution, else the cloud's."""
+    if edge.scores is not None and not np.isnan(edge.scores).any():
+        s = edge.scores
+        conf = (s <= threshold) if metric in LOWER_IS_CONFIDENT else (s >= threshold)
+    else:
+        conf = np.asarray(is_confident(np.asarray(confidence(edge.probs, metric)), threshold, metric), bool)
+    if edge.ood is not None:
+        conf = conf & ~edge.ood
     probs = np.where(conf[:, None], edge.probs, cloud.probs)
     lat = edge.latency_ms + np.where(conf, 0.0, cloud.latency_ms)
     sent = np.where(conf, 0.0, cloud.bytes_sent)
@@ -312,11 +326,23 @@ def tradeoff(edge: ModeRun, cloud: ModeRun, y: np.ndarray, metric: str, threshol
     from .calibrate import METRICS, sweep
 
     curves = {m: sweep(edge.probs, cloud.probs, y, m) for m in METRICS}
+    if metric not in curves and edge.scores is not None:
+        curves[metric] = score_curve(edge.scores, metric, edge.probs.argmax(1) == y, cloud.probs.argmax(1) == y)
     h = hybrid_from(edge, cloud, metric, threshold)
     return Tradeoff(
         title, curves, metric, float(threshold), float(h.offloaded.mean()), float((h.probs.argmax(1) == y).mean()),
         float((edge.probs.argmax(1) == y).mean()), float((cloud.probs.argmax(1) == y).mean()),
     )
+
+
+def score_curve(scores: np.ndarray, metric: str, edge_ok: np.ndarray, cloud_ok: np.ndarray):
+    """The curve of a routing score the SDK computed (e.g. ``deferral``), over the thresholds between its values."""
+    from .calibrate import Curve, candidate_thresholds
+
+    ts = candidate_thresholds(scores)
+    conf = scores[None, :] <= ts[:, None] if metric in LOWER_IS_CONFIDENT else scores[None, :] >= ts[:, None]
+    acc = np.where(conf, edge_ok[None, :], cloud_ok[None, :]).mean(axis=1)
+    return Curve(metric, ts, 1.0 - conf.mean(axis=1), acc)
 
 
 def plot_tradeoffs(panels: Sequence[Tradeoff], path: Path) -> Path:
@@ -354,6 +380,29 @@ def plot_tradeoffs(panels: Sequence[Tradeoff], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def routing_summary(routing: Any, rows: Sequence[Row]) -> dict[str, Any]:
+    """The bundle's threshold, what quantize certified on validation data (estimate, bound, n, delta), and the
+    gap to the cloud and the offload measured here."""
+    cal = routing.calibration or {}
+    keys = ("estimate_points", "bound_points", "n", "delta", "target_gap_points", "offload", "too_small", "mode")
+    cloud, hybrid = rows[1], rows[2]
+    return {"metric": routing.metric, "threshold": routing.threshold, "temperature": routing.temperature,
+            "out_of_distribution": routing.ood.kind if routing.ood is not None else None,
+            "validation": {k: cal[k] for k in keys if k in cal},
+            "gap_points": 100 * (cloud.accuracy - hybrid.accuracy), "offload": hybrid.offload}
+
+
+def format_routing(r: dict[str, Any]) -> str:
+    """One line: the gap measured here beside the validation estimate and its bound."""
+    v = r["validation"]
+    here = f"here: gap to the cloud {r['gap_points']:.2f} points at {100 * r['offload']:.1f}% offload"
+    if "bound_points" not in v:
+        return f"routing: {r['metric']} threshold {r['threshold']:.4g}; {here}"
+    return (f"routing: {r['metric']} threshold {r['threshold']:.4g}; validation (n={v['n']}): gap estimate "
+            f"{v['estimate_points']:.2f} points, bound {v['bound_points']:.2f} at delta {v['delta']:g} "
+            f"(target {v['target_gap_points']:g}); {here}")
 
 
 def model_sizes(bundle: Bundle) -> dict[str, int]:
@@ -399,7 +448,7 @@ def evaluate_bundle(
     cloud_url: str | None = None,
     api_key: str | None = None,
     cloud_model: str | None = None,
-    upload: str = "jpeg",
+    upload: str = "auto",
     out_dir: str | Path | None = None,
     deadline_ms: float = 10_000.0,
     progress: bool = True,
@@ -450,7 +499,7 @@ def evaluate_bundle(
                  "skipped_files": skipped[:50]},
         "cloud": {"where": "http" if cloud_url else "in-process", "url": cloud_url, "upload": upload,
                   "model": (cloud_model or bundle.manifest.name) if cloud_url else None},
-        "routing": {"metric": routing.metric, "threshold": routing.threshold},
+        "routing": routing_summary(routing, rows),
         "capacity_probes": "off",
         "model_bytes": sizes,
         "rows": [r.as_dict() for r in rows],

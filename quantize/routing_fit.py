@@ -109,11 +109,17 @@ def fit_deferral(
     xs = (x - mean) / std
     if hidden <= 0:
         lr = LogisticRegression(C=1.0 / l2, max_iter=2000).fit(xs, t)
-        layers = [Layer(weights=lr.coef_.T.tolist(), bias=lr.intercept_.tolist())]
+        layers = [Layer(weights=compact(lr.coef_.T), bias=compact(lr.intercept_))]
     else:
         mlp = MLPClassifier((hidden,), alpha=l2, max_iter=2000, random_state=seed, early_stopping=False).fit(xs, t)
-        layers = [Layer(weights=w.tolist(), bias=b.tolist()) for w, b in zip(mlp.coefs_, mlp.intercepts_, strict=True)]
-    return DeferralParams(inputs=list(inputs), mean=mean.tolist(), std=std.tolist(), layers=layers)
+        layers = [Layer(weights=compact(w), bias=compact(b)) for w, b in zip(mlp.coefs_, mlp.intercepts_, strict=True)]
+    return DeferralParams(inputs=list(inputs), mean=compact(mean), std=compact(std), layers=layers)
+
+
+def compact(a: np.ndarray) -> list:
+    """Nested lists of floats with 7 significant digits (float32's precision): half the manifest's bytes, and the
+    device computes with exactly the numbers the fit was checked with."""
+    return np.vectorize(lambda v: float(f"{v:.7g}"), otypes=[float])(np.asarray(a, np.float64)).tolist()
 
 
 def deferral_scores(params: DeferralParams, logits: np.ndarray, temperature: float = 1.0,
@@ -165,8 +171,8 @@ def fit_ood(
             groups = train_y if class_conditional else np.zeros(len(train_y), np.int64)
             means, precision = class_gaussians(train_outputs[name], groups)
             raw = OODScorer(OODParams(kind=kind, threshold=0.0, components=[
-                OODComponent(output=name, means=means.tolist(), precision=precision.tolist())]))(val_outputs)
-            components.append(OODComponent(output=name, means=means.tolist(), precision=precision.tolist(),
+                OODComponent(output=name, means=compact(means), precision=compact(precision))]))(val_outputs)
+            components.append(OODComponent(output=name, means=compact(means), precision=compact(precision),
                                            center=float(raw.mean()), scale=float(raw.std()) or 1.0))
     probe = OODParams(kind=kind, threshold=0.0, components=components)
     scores = OODScorer(probe)(val_outputs)

@@ -18,14 +18,17 @@ def add_arguments(p) -> None:
                    help="environment variable holding the server's API key [HV_API_KEY]; never on the command line")
     p.add_argument("--cloud-model", default=None,
                    help="the model's name on the server, if not the bundle's name (Triton/KServe model repositories)")
-    p.add_argument("--upload", choices=("jpeg", "original", "tensor"), default="jpeg", help="what the SDK sends to the cloud [jpeg]")
+    p.add_argument("--upload", choices=("auto", "lossless", "jpeg", "original", "tensor"), default="auto",
+                   help="what the SDK sends to the cloud [auto]")
     p.add_argument("--deadline-ms", type=float, default=10_000.0, help="per-image deadline for cloud calls [10000]")
     p.add_argument("--out", default=None, help="report folder (default: evaluate-<bundle name>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
-    from ..evaluate import evaluate_bundle
+    from edge_sdk.scores import LOWER_IS_CONFIDENT
+
+    from ..evaluate import evaluate_bundle, format_routing
 
     api_key = os.environ.get(args.api_key_env) or None
     out = args.out or f"evaluate-{os.path.basename(os.path.normpath(args.bundle))}"
@@ -35,9 +38,10 @@ def run(args) -> int:
     )
     r = ev.report
     where = f"cloud at {args.cloud_url}" if args.cloud_url else "cloud model in-process (no network)"
-    op = "<=" if r["routing"]["metric"] == "entropy" else ">="
+    op = "<=" if r["routing"]["metric"] in LOWER_IS_CONFIDENT else ">="
     print(ev.table(f"{r['name']} on {r['data']['source']}: {r['data']['n']} images, {where}; "
                    f"hybrid = edge answer when {r['routing']['metric']} {op} {r['routing']['threshold']:.4g}"))
+    print(format_routing(r["routing"]))
     if r["data"]["skipped"]:
         print(f"skipped {r['data']['skipped']} unreadable image(s), e.g. {r['data']['skipped_files'][0][0]}")
     print(f"report: {r['files']['report']}")
