@@ -16,7 +16,6 @@ The edge model runs through the edge SDK's own :class:`edge_sdk.runtime.LocalMod
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,6 @@ def upload_section(bundle_path: str | Path, items: Sequence[tuple[Path, int]], p
     What the server decodes is rebuilt from the very request the SDK builds (edge_sdk.upload.build_request),
     then run through the one preprocessing path, as cloud.inputs does.
     """
-    from base64 import b64decode
-
     from tqdm.auto import tqdm
 
     from edge_sdk.bundle import load_bundle
@@ -60,19 +57,21 @@ def upload_section(bundle_path: str | Path, items: Sequence[tuple[Path, int]], p
     call = _cloud_call(bundle)
     xs: dict[str, list[np.ndarray]] = {u: [] for u in ("files", *UPLOADS)}
     sent: dict[str, list[int]] = {u: [] for u in UPLOADS}
+    binary: dict[str, list[int]] = {u: [] for u in UPLOADS}
     for path, _ in tqdm(items, desc="uploads", disable=not progress, leave=False):
         rgb = load_image(path)
         staged = Staged(path, rgb, resize(rgb, inp.height, inp.width, pp.resize))
         xs["files"].append(preprocess(path, inp, pp))
         for u in UPLOADS:
-            req = build_request([staged], u, inp.channels)
-            sent[u].append(len(json.dumps(req, separators=(",", ":")).encode()))
-            data = req["inputs"][0]["data"]
-            if u == "tensor":
-                pixels = np.asarray(data, np.uint8).reshape(req["inputs"][0]["shape"])[0]
-                xs[u].append(normalize(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels, inp, pp))
+            payload = build_request([staged], u, inp.channels)
+            sent[u].append(len(payload.encode(False).body))
+            binary[u].append(len(payload.encode(True).body))
+            values = payload.inputs[0].values
+            if isinstance(values, tuple):  # encoded images: what the server decodes
+                xs[u].append(preprocess(values[0], inp, pp))
             else:
-                xs[u].append(preprocess(b64decode(data[0]), inp, pp))
+                pixels = np.asarray(values, np.uint8)[0]
+                xs[u].append(normalize(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels, inp, pp))
     acc = {u: float((_batched(call, np.stack(x)).argmax(1) == y).mean()) for u, x in xs.items()}
     base = acc.pop("files")
     return {
@@ -80,7 +79,8 @@ def upload_section(bundle_path: str | Path, items: Sequence[tuple[Path, int]], p
         "cloud_accuracy_original_files": base,
         "file_bytes_mean": float(np.mean([Path(p).stat().st_size for p, _ in items])),
         "formats": {u: {"cloud_accuracy": acc[u], "cost_points": 100 * (base - acc[u]),
-                        "request_bytes_mean": float(np.mean(sent[u]))} for u in UPLOADS},
+                        "request_bytes_json_mean": float(np.mean(sent[u])),
+                        "request_bytes_binary_mean": float(np.mean(binary[u]))} for u in UPLOADS},
     }
 
 

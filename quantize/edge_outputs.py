@@ -19,8 +19,9 @@ signature runner:
 The model is rebuilt with the same layers (shared weights) by
 ``keras.models.clone_model``, with nested functional models (a logits model
 wrapped in a softmax, a flip-averaged model) inlined through Keras's own graph
-runner (``Functional._run_through_graph``) so every tensor is reachable. The extra outputs are tensors the network already computes, plus
-one mean per stage, so the ``probabilities`` output is the same int8 model's.
+runner (``Functional._run_through_graph``) so every tensor is reachable. The
+extra outputs are tensors the network already computes, plus one mean per
+stage, so the ``probabilities`` output is the same int8 model's.
 When the model has its image's mirror averaged in, features come from the
 first (unmirrored) pass.
 """

@@ -3,8 +3,6 @@ the model's input, else a lossless copy of the resized pixels, else (large input
 
 from __future__ import annotations
 
-import base64
-
 import cv2
 import numpy as np
 import pytest
@@ -24,8 +22,10 @@ def _staged(src, rgb: np.ndarray, size: int) -> Staged:
     return Staged(src, rgb, resize(rgb, size, size, "stretch"))
 
 
-def _sent(req: dict) -> bytes:
-    return base64.b64decode(req["inputs"][0]["data"][0])
+def _sent(payload) -> bytes:
+    values = payload.inputs[0].values
+    assert isinstance(values, tuple)  # encoded images (BYTES)
+    return values[0]
 
 
 def test_a_small_file_goes_as_it_is(tmp_path):
