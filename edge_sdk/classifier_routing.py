@@ -42,6 +42,13 @@ class EdgeOutput:
     def __init__(self, probs: np.ndarray, raw: Mapping[str, np.ndarray] | None = None,
                  logits: np.ndarray | None = None, ood_score: float | None = None,
                  out_of_distribution: bool = False) -> None:
+        """Args:
+            probs: [C], after the temperature.
+            raw: the model's named outputs, when a score reads them.
+            logits: [1, C], the logits output or log p.
+            ood_score: the out-of-distribution score, when the bundle has one.
+            out_of_distribution: the score is over its threshold.
+        """
         self.probs = probs  # [C], after the temperature: what the answer shows
         self.raw = raw  # the model's named outputs (logits, features, ...) when a score reads them
         self.logits = logits  # [1, C]: the logits output, or log p when the model has none
@@ -63,8 +70,19 @@ class RoutingPlan:
     @classmethod
     def from_routing(cls, routing: Routing, *, metric: str | None = None, threshold: float | None = None,
                      ood_action: OODAction = "cloud") -> RoutingPlan:
-        """Raises:
-        ValueError: an unknown metric or action, or ``deferral`` asked of a bundle without a deferral model.
+        """The plan for a bundle's routing.
+
+        Args:
+            routing: the manifest's ``routing``.
+            metric: the caller's metric, if it overrides the bundle's.
+            threshold: the caller's threshold, if it overrides the bundle's.
+            ood_action: what a frame flagged out of distribution gets: ``cloud``, ``unknown`` or ``ignore``.
+
+        Returns:
+            The plan.
+
+        Raises:
+            ValueError: an unknown metric or action, or ``deferral`` asked of a bundle without a deferral model.
         """
         chosen = metric or routing.metric
         if chosen not in ROUTING_METRICS:
@@ -92,8 +110,15 @@ class ClassifierEdge:
 
     def __init__(self, model: LocalModel, input_spec: InputSpec, preprocess_spec: PreprocessSpec,
                  num_classes: int, plan: RoutingPlan) -> None:
-        """Raises:
-        ModelLoadError: the model does not fit the bundle's input or labels.
+        """Args:
+            model: the edge model.
+            input_spec: the bundle's input.
+            preprocess_spec: the bundle's preprocessing.
+            num_classes: how many labels the bundle has.
+            plan: how its outputs are scored.
+
+        Raises:
+            ModelLoadError: the model does not fit the bundle's input or labels.
         """
         model.check_fits(input_spec, num_classes)
         self.model = model
@@ -122,6 +147,9 @@ class ClassifierScorer:
     __slots__ = ("plan", "_by_probs")
 
     def __init__(self, plan: RoutingPlan) -> None:
+        """Args:
+            plan: the metric, threshold and scores to judge by.
+        """
         self.plan = plan
         self._by_probs = ConfidenceScorer(plan.metric, plan.threshold) if plan.metric != "deferral" else None
 

@@ -301,7 +301,14 @@ class LocalModel:
         return self._extra_names
 
     def predict_outputs(self, xq: np.ndarray) -> dict[str, np.ndarray]:
-        """One already-quantized input -> every output by name, dequantized ([C] probabilities, [K] the others)."""
+        """Run the model and read every output.
+
+        Args:
+            xq: one already-quantized HxWxC (or 1xHxWxC) input.
+
+        Returns:
+            Every output by name, dequantized: ``probabilities`` [C], the others (``logits``, ``features``, ...) [K].
+        """
         interp, i_in, i_out, extras = self._slot()
         interp.set_tensor(i_in, xq.reshape(self._batch_shape))
         interp.invoke()

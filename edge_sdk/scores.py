@@ -37,15 +37,30 @@ _EPS = 1e-12
 
 
 def logits_from_probs(probs: np.ndarray, floor: float = 1e-4) -> np.ndarray:
-    """Logits up to a constant (log p) for a model with no logits output; p is clipped at ``floor`` first.
+    """Logits up to a constant (log p) for a model with no logits output.
 
     An int8 softmax output reads 0 below half a quantization step, so ``floor`` should be about that.
+
+    Args:
+        probs: probabilities [..., C].
+        floor: p is clipped at this first.
+
+    Returns:
+        log p, float64, the shape of ``probs``.
     """
     return np.log(np.clip(np.asarray(probs, np.float64), floor, 1.0))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """softmax(logits / temperature) over the last axis, in float64."""
+    """softmax(logits / temperature) over the last axis, in float64.
+
+    Args:
+        logits: [..., C].
+        temperature: T > 0 (Guo et al. 2017); 1 leaves the logits as they are.
+
+    Returns:
+        Probabilities, the shape of ``logits``.
+    """
     z = np.asarray(logits, np.float64) / temperature
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -54,13 +69,29 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def logsumexp(z: np.ndarray) -> np.ndarray:
+    """log sum exp over the last axis, without overflow.
+
+    Args:
+        z: [..., C].
+
+    Returns:
+        [...]: one value per row.
+    """
     m = z.max(axis=-1, keepdims=True)
     out: np.ndarray = (m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True)))[..., 0]
     return out
 
 
 def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """E(x) = -T log sum_c exp(z_c / T) (Liu et al. 2020): higher means less like the training data."""
+    """E(x) = -T log sum_c exp(z_c / T) (Liu et al. 2020): higher means less like the training data.
+
+    Args:
+        logits: [N, C].
+        temperature: T.
+
+    Returns:
+        [N] energies.
+    """
     z = np.asarray(logits, np.float64)
     return -temperature * logsumexp(z / temperature)
 
@@ -68,7 +99,16 @@ def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 def summary_features(
     logits: np.ndarray, temperature: float, features: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-    """Every input the deferral model may use, as [N, k] arrays, from a batch of logits [N, C]."""
+    """Every input the deferral model may use, from a batch of logits.
+
+    Args:
+        logits: [N, C] (or log p for a model without a logits output).
+        temperature: the bundle's T.
+        features: [N, D] pooled features, when the model has them.
+
+    Returns:
+        Each :data:`Feature` by name as an [N, k] float64 array.
+    """
     z = np.atleast_2d(np.asarray(logits, np.float64))
     p = softmax(z, temperature)
     top2 = np.sort(p, axis=-1)[:, -2:]
@@ -133,7 +173,10 @@ class DeferralParams(BaseModel):
 class DeferralModel:
     """The deferral score of a batch: P(the cloud would fix this image), from the edge's own outputs."""
 
-    def __init__(self, params: DeferralParams):
+    def __init__(self, params: DeferralParams) -> None:
+        """Args:
+            params: the fitted model (the manifest's ``routing.deferral``).
+        """
         self.params = params
         self.inputs: tuple[str, ...] = tuple(params.inputs)
         self.needs_features = "features" in self.inputs
@@ -142,7 +185,19 @@ class DeferralModel:
         self._layers = [(np.asarray(la.weights, np.float64), np.asarray(la.bias, np.float64)) for la in params.layers]
 
     def design(self, logits: np.ndarray, temperature: float, features: np.ndarray | None = None) -> np.ndarray:
-        """The standardised input matrix [N, k] (what the layers see)."""
+        """The standardised input matrix (what the layers see).
+
+        Args:
+            logits: [N, C].
+            temperature: the bundle's T.
+            features: [N, D], needed when the model reads ``features``.
+
+        Returns:
+            [N, k] float64.
+
+        Raises:
+            ValueError: the features are missing, or the inputs do not give as many values as the model takes.
+        """
         if self.needs_features and features is None:
             raise ValueError("this deferral model reads the pooled features, but none were given")
         parts = summary_features(logits, temperature, features)
@@ -210,7 +265,10 @@ class OODParams(BaseModel):
 class OODScorer:
     """Higher is less like the training data."""
 
-    def __init__(self, params: OODParams):
+    def __init__(self, params: OODParams) -> None:
+        """Args:
+            params: the fitted score (the manifest's ``routing.ood``).
+        """
         self.params = params
         self.kind = params.kind
         self.threshold = float(params.threshold)
@@ -233,11 +291,28 @@ class OODScorer:
         return total
 
     def is_out(self, score: np.ndarray | float) -> np.ndarray | bool:
+        """Whether a score is over the threshold.
+
+        Args:
+            score: what this scorer returned.
+
+        Returns:
+            True (per element) for out of distribution.
+        """
         return np.asarray(score) > self.threshold
 
 
 def mahalanobis_min(f: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """min over the rows of ``means`` of (f - mu)^T P (f - mu), for a batch f [N, D] (Lee et al. 2018)."""
+    """min over the rows of ``means`` of (f - mu)^T P (f - mu) (Lee et al. 2018).
+
+    Args:
+        f: [N, D] features.
+        means: [K, D] class means.
+        precision: [D, D] the shared covariance's inverse.
+
+    Returns:
+        [N] squared distances to the nearest mean.
+    """
     d = f[:, None, :] - means[None, :, :]  # N, K, D
     out: np.ndarray = np.einsum("nkd,de,nke->nk", d, precision, d).min(axis=1)
     return out
@@ -257,7 +332,15 @@ class EdgeScores(BaseModel):
 
 
 def edge_logits(outputs: Mapping[str, np.ndarray], prob_floor: float = 1e-4) -> np.ndarray:
-    """The model's logits output when it has one, else log p of its probabilities."""
+    """The model's logits output when it has one, else log p of its probabilities.
+
+    Args:
+        outputs: the model's named outputs (``probabilities``, maybe ``logits``).
+        prob_floor: where log p clips a probability of 0 (half the int8 output's step).
+
+    Returns:
+        [N, C] float64.
+    """
     if "logits" in outputs:
         return np.atleast_2d(np.asarray(outputs["logits"], np.float64))
     return logits_from_probs(np.atleast_2d(outputs["probabilities"]), prob_floor)
@@ -275,7 +358,16 @@ OOD_ACTIONS: tuple[str, ...] = get_args(OODAction)
 def calibrated_probs(
     outputs: Mapping[str, np.ndarray], temperature: float = 1.0, prob_floor: float = 1e-4
 ) -> np.ndarray:
-    """The probabilities the router and the caller see: the model's own at T = 1, else softmax(logits / T)."""
+    """The probabilities the router and the caller see: the model's own at T = 1, else softmax(logits / T).
+
+    Args:
+        outputs: the model's named outputs.
+        temperature: the bundle's T.
+        prob_floor: see :func:`edge_logits`.
+
+    Returns:
+        [N, C] float64.
+    """
     if temperature == 1.0:
         return np.atleast_2d(np.asarray(outputs["probabilities"], np.float64))
     return softmax(edge_logits(outputs, prob_floor), temperature)
@@ -289,8 +381,23 @@ def metric_scores(
     deferral: DeferralModel | None = None,
     prob_floor: float = 1e-4,
 ) -> np.ndarray:
-    """The routing metric [N] of a batch of edge outputs; confident is at or above the threshold, or at or
-    below it for the metrics in :data:`LOWER_IS_CONFIDENT`."""
+    """The routing metric of a batch of edge outputs.
+
+    Confident is at or above the threshold, or at or below it for the metrics in :data:`LOWER_IS_CONFIDENT`.
+
+    Args:
+        outputs: the model's named outputs.
+        metric: one of :data:`ROUTING_METRICS`.
+        temperature: the bundle's T.
+        deferral: the bundle's deferral model (for ``deferral``).
+        prob_floor: see :func:`edge_logits`.
+
+    Returns:
+        [N] scores.
+
+    Raises:
+        ValueError: an unknown metric, or ``deferral`` without a deferral model.
+    """
     if metric == "deferral":
         if deferral is None:
             raise ValueError("metric 'deferral' needs the bundle's deferral model")

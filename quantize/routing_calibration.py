@@ -67,7 +67,7 @@ class RoutingConfig:
     deferral_hidden: int = 0
     min_fixes: int = 20
     ood: OODKind | None = "mahalanobis"
-    ood_outputs: tuple[str, ...] = ("features",)
+    ood_outputs: tuple[str, ...] | None = None  # None: every stage_k output (the feature ensemble), else features
     ood_rate: float = 0.99
     seed: int = 0
 
@@ -139,6 +139,34 @@ def scores_for(data: Labelled, metric: str, temperature: float, deferral: Deferr
     return metric_scores(data.outputs, metric, temperature=temperature, deferral=model, prob_floor=prob_floor)
 
 
+def fit_part_scores(fit: Labelled, metric: str, temperature: float, deferral: DeferralParams | None,
+                    prob_floor: float, cfg: RoutingConfig) -> np.ndarray:
+    """The fit part's scores, which choose the metric and fix the grid: out of fold for the deferral model,
+    whose in-sample scores on the part it was fitted on would flatter it against the other metrics."""
+    if metric != "deferral":
+        return scores_for(fit, metric, temperature, deferral, prob_floor)
+    return out_of_fold_deferral(fit, temperature, prob_floor, cfg)
+
+
+def out_of_fold_deferral(data: Labelled, temperature: float, prob_floor: float, cfg: RoutingConfig,
+                         folds: int = 5) -> np.ndarray:
+    """Each image's deferral score from a model fitted on the other folds (stratified by the target)."""
+    target = cloud_fixes(data.outputs["probabilities"].argmax(1), data.cloud.argmax(1), data.y)
+    logits = edge_logits(data.outputs, prob_floor)
+    rng = np.random.default_rng(cfg.seed)
+    fold = np.empty(len(target), np.int64)
+    for value in (0, 1):
+        idx = rng.permutation(np.flatnonzero(target == value))
+        fold[idx] = np.arange(len(idx)) % folds
+    out = np.empty(len(target))
+    for k in range(folds):
+        held = fold == k
+        params = fit_deferral(logits[~held], target[~held], temperature=temperature, hidden=cfg.deferral_hidden,
+                              seed=cfg.seed)
+        out[held] = DeferralModel(params)(logits[held], temperature)
+    return out
+
+
 def fit_routing(val: Labelled, train: Labelled | None, cfg: RoutingConfig = RoutingConfig(),
                 prob_floor: float = 1e-4) -> RoutingFit:
     """Temperature, deferral model, threshold (with its bound) and OOD score, from held-out edge and cloud answers."""
@@ -149,7 +177,7 @@ def fit_routing(val: Labelled, train: Labelled | None, cfg: RoutingConfig = Rout
     if "deferral" in cfg.metrics:
         deferral, d_info = fit_deferral_if_possible(fit, t, prob_floor, cfg)
     metrics = [m for m in cfg.metrics if m != "deferral" or deferral is not None]
-    scores = {m: (scores_for(fit, m, t, deferral, prob_floor), scores_for(cal, m, t, deferral, prob_floor),
+    scores = {m: (fit_part_scores(fit, m, t, deferral, prob_floor, cfg), scores_for(cal, m, t, deferral, prob_floor),
                   m in LOWER_IS_CONFIDENT) for m in metrics}
     curves = {m: tradeoff_curve(s[1], s[2], cal.edge_ok, cal.cloud_ok) for m, s in scores.items()}
     curves["oracle"] = oracle_curve(cal.edge_ok, cal.cloud_ok)
@@ -211,16 +239,25 @@ def _within_budget(scores: Mapping[str, tuple[np.ndarray, np.ndarray, bool]], ca
                   "hybrid_accuracy": acc, "note": "best accuracy within the offload budget; no bound on the gap"}
 
 
+def ood_outputs(cfg: RoutingConfig, outputs: Outputs) -> tuple[str, ...]:
+    """The outputs the Mahalanobis score reads: as configured, else every ``stage_k`` output (the feature
+    ensemble of Lee et al. 2018: early stages see colour and texture, late ones shape), else ``features``."""
+    if cfg.ood_outputs is not None:
+        return cfg.ood_outputs
+    stages = tuple(sorted((k for k in outputs if k.startswith("stage_")), key=lambda k: int(k.split("_")[1])))
+    return stages or ("features",)
+
+
 def fit_ood_if_asked(val: Labelled, train: Labelled | None, cfg: RoutingConfig) -> OODParams | None:
+    """The out-of-distribution score of ``cfg.ood``, or None when not asked for or the model lacks the outputs."""
     if cfg.ood is None:
         return None
     if cfg.ood == "mahalanobis":
-        have = train is not None and all(o in train.outputs and o in val.outputs for o in cfg.ood_outputs)
-        if not have:
+        names = ood_outputs(cfg, val.outputs)
+        if train is None or not all(o in train.outputs and o in val.outputs for o in names):
             return None
-        assert train is not None
         return fit_ood("mahalanobis", val.outputs, train_outputs=train.outputs, train_y=train.y,
-                       outputs=cfg.ood_outputs, in_distribution_rate=cfg.ood_rate).params
+                       outputs=names, in_distribution_rate=cfg.ood_rate).params
     return fit_ood(cfg.ood, val.outputs, in_distribution_rate=cfg.ood_rate).params
 
 

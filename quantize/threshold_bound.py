@@ -15,10 +15,12 @@ testing, which controls the chance that the chosen threshold's true gap exceeds
 the target at delta without a union bound over the grid (Learn then Test,
 Angelopoulos et al. 2021, "Learn then Test: Calibrating Predictive Algorithms
 to Achieve Risk Control"). The grid, the metric and the order are fixed on a
-*fit* split the calibration data is not part of: the sequence starts where the
-fit split's hybrid is most accurate and walks towards less offload. (Starting
-at "offload everything" would make the first tests keep a handful of images on
-the edge, where no image helps and the bound is its floor, about 3/n.)
+*fit* split the calibration data is not part of, and the sequence walks from
+most offload towards less. It starts next to "offload everything" when the
+calibration set is large enough for the first tests to pass: they keep a
+handful of images on the edge, where no image helps and the bound is its floor,
+1 - (delta/2)^(1/n), about 3/n (over a 0.5-point target below n = 600). A
+smaller set starts where the fit split's hybrid is most accurate instead.
 
 Offloading everything is always allowed (its gap is exactly 0): when the first
 test fails, the calibration set is too small for the target, everything is
@@ -145,9 +147,13 @@ def select_threshold(metric: str, scores: np.ndarray, edge_ok: np.ndarray, cloud
                      start, steps[point].threshold, steps[point].offload, chosen == 0 and len(steps) > 1)
 
 
-def start_index(steps: Sequence[Step]) -> int:
-    """Where the sequence starts: the grid point with the fit split's most accurate hybrid (lowest estimated gap;
-    ties: the least offload)."""
+def start_index(steps: Sequence[Step], target_gap: float, n: int, delta: float) -> int:
+    """Where the sequence starts: the first test (grid point 1, next to offloading everything) when the bound's
+    floor with ``n`` calibration images, 1 - (delta/2)^(1/n), is within the target; else, since the first tests
+    would fail at that floor, the grid point with the fit split's most accurate hybrid (lowest estimated gap;
+    ties: the least offload), where images the edge gets right and the cloud wrong can offset the misses."""
+    if len(steps) < 2 or clopper_pearson_upper(0, n, delta / 2) <= target_gap:
+        return min(1, len(steps) - 1)
     return min(range(len(steps)), key=lambda i: (steps[i].estimate, steps[i].offload))
 
 
@@ -178,7 +184,7 @@ def select_certified(fit: Split, cal: Split, *, target_gap: float, delta: float,
         scores, lower = fit.scores[m]
         grid = offload_grid(scores, lower)
         steps = evaluate_steps(scores, fit.edge_ok, fit.cloud_ok, grid, lower, delta)
-        plans[m] = (grid, start_index(steps), point_offload(steps, target_gap))
+        plans[m] = (grid, start_index(steps, target_gap, len(cal.edge_ok), delta), point_offload(steps, target_gap))
     best = min(names, key=lambda m: (plans[m][2], names.index(m)))
     grid, start, _ = plans[best]
     cal_scores, lower = cal.scores[best]

@@ -10,14 +10,15 @@ import pytest
 from scipy.stats import binom
 
 from quantize.threshold_bound import (
+    Split,
     clopper_pearson_lower,
     clopper_pearson_upper,
     evaluate_steps,
     gap_upper_bound,
     offload_grid,
-    Split,
     select_certified,
     select_threshold,
+    start_index,
 )
 
 
@@ -100,8 +101,13 @@ def test_the_fit_split_chooses_metric_and_start_and_the_calibration_split_certif
     fit = Split({"good": (scores, False), "random": (shuffled, False)}, edge_ok, cloud_ok)
     sel, fit_offload = select_certified(fit, fit, target_gap=0.03, delta=0.1)
     assert sel.metric == "good" and fit_offload["good"] < fit_offload["random"]
-    # the fit split's best hybrid is at 5% offload (every fix sent): the sequence starts there, passes, then stops
-    assert sel.start == 95 and sel.index == 95 and sel.offload == pytest.approx(0.05) and sel.delta == 0.1
+    # n = 100 puts the bound's floor (0.0295) within the 3-point target: the sequence starts at the first test,
+    # passes every threshold that keeps no fix, and stops at 5% offload
+    assert sel.start == 1 and sel.index == 95 and sel.offload == pytest.approx(0.05) and sel.delta == 0.1
+    # at a 2-point target the floor fails: the sequence starts at the fit split's best point (5% offload), fails
+    # there, and everything is offloaded, as the calibration set is too small
+    sel2, _ = select_certified(fit, fit, target_gap=0.02, delta=0.1)
+    assert sel2.start == 95 and sel2.too_small and sel2.offload == 1.0
 
 
 def test_starting_where_the_hybrid_is_best_certifies_what_starting_at_full_offload_cannot():
@@ -116,6 +122,8 @@ def test_starting_where_the_hybrid_is_best_certifies_what_starting_at_full_offlo
     plain = select_threshold("m", conf, edge_ok, cloud_ok, grid, lower_is_confident=False, target_gap=0.005, delta=0.1)
     steps = evaluate_steps(conf, edge_ok, cloud_ok, grid, False, 0.1)
     start = min(range(len(steps)), key=lambda i: (steps[i].estimate, steps[i].offload))
+    assert start_index(steps, 0.005, n, 0.1) == start  # the floor fails at n = 500: start at the best point
+    assert start_index(steps, 0.005, 1000, 0.1) == 1  # at n = 1000 (floor 0.3%) the first test can pass
     started = select_threshold("m", conf, edge_ok, cloud_ok, grid, lower_is_confident=False, target_gap=0.005,
                                delta=0.1, start=start)
     assert plain.too_small and not started.too_small and started.offload < 0.9

@@ -171,3 +171,49 @@ def test_auroc_by_hand():
     assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
     assert auroc(np.array([0.0, 2.0]), np.array([1.0])) == 0.5
     assert auroc(np.array([1.0]), np.array([1.0])) == 0.5  # a tie counts half
+
+
+def _labelled(n: int, seed: int, signal: bool):
+    """Edge outputs (logits, probabilities, two stages of features), cloud answers and labels. With ``signal`` the
+    edge is right where its logits are sure; without, who is right has nothing to do with the outputs."""
+    from quantize.routing_calibration import Labelled
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    z = rng.normal(0, 1, (n, 4))
+    z[np.arange(n), y] += 2.0 if signal else 0.0
+    p = softmax(z)
+    edge = np.where(rng.random(n) < 0.7, y, (y + 1) % 4) if not signal else p.argmax(1)
+    cloud_ok = rng.random(n) < 0.85
+    cloud = np.eye(4)[np.where(cloud_ok, y, (y + 2) % 4)]
+    probs = np.eye(4)[edge] * 0.6 + 0.1 if not signal else p
+    outs = {"probabilities": probs, "logits": z, "features": rng.normal(0, 1, (n, 6)) + y[:, None],
+            "stage_1": rng.normal(0, 1, (n, 3)), "stage_2": rng.normal(0, 1, (n, 5)) + y[:, None]}
+    return Labelled(outs, cloud, y)
+
+
+def test_the_deferral_model_is_judged_out_of_fold_on_the_data_it_was_fitted_on():
+    """Where nothing predicts which images the cloud fixes, the in-sample scores still look useful; the
+    out-of-fold ones, which choose the metric, do not."""
+    from edge_sdk.scores import edge_logits
+    from quantize.routing_calibration import RoutingConfig, out_of_fold_deferral
+
+    data = _labelled(600, 0, signal=False)
+    target = cloud_fixes(data.outputs["probabilities"].argmax(1), data.cloud.argmax(1), data.y)
+    logits = edge_logits(data.outputs)
+    in_sample = DeferralModel(fit_deferral(logits, target, l2=0.01))(logits)
+    oof = out_of_fold_deferral(data, 1.0, 1e-4, RoutingConfig())
+    auc = lambda s: auroc(s[target == 0], s[target == 1])  # noqa: E731
+    assert oof.shape == (600,) and auc(in_sample) > auc(oof) and abs(auc(oof) - 0.5) < 0.1
+
+
+def test_the_routing_fit_reads_every_stage_for_the_out_of_distribution_score():
+    from quantize.routing_calibration import RoutingConfig, fit_routing
+
+    val, train = _labelled(800, 1, signal=True), _labelled(800, 2, signal=True)
+    fit = fit_routing(val, train, RoutingConfig())
+    assert fit.ood is not None and [c.output for c in fit.ood.components] == ["stage_1", "stage_2"]
+    only = fit_routing(val, train, RoutingConfig(ood_outputs=("features",)))
+    assert only.ood is not None and [c.output for c in only.ood.components] == ["features"]
+    c = fit.calibration
+    assert c["bound_points"] >= c["estimate_points"] and c["offload"] >= c["point_estimate"]["offload"]
