@@ -1,5 +1,6 @@
 # The two commands: `make demo` (the whole pipeline on built-in data) and `make test`.
 # Each creates .venv and installs what it needs on first use.
+# For development: `make test-fast` (the inner loop: no slow or reliability tests) and `make lint` (ruff + mypy).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ INTEROP_PY   := $(INTEROP_VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv clean bench interop interop-venv
+.PHONY: demo test test-fast lint venv clean bench interop interop-venv
 
 venv: $(VENV)/.installed
 
@@ -24,6 +25,13 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow and not reliability"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 interop-venv: $(INTEROP_VENV)/.installed
 

@@ -367,7 +367,7 @@ def serve_both(bundle, backend, args, files, ctype, work, concs, ceiling: ModelC
     with ExitStack() as stack:
         bases = {k: stack.enter_context(serve_subprocess([bundle], *common, "--max-batch-size", str(mb)))[0]
                  for k, mb in configs.items()}
-        for k, base in bases.items():  # warm each path end to end
+        for base in bases.values():  # warm each path end to end
             load(args.client, base + "/v1/classify", files, ctype, max(concs), args.warmup, work)
         http = load(args.client, bases["on"] + "/v1/noop", files, ctype, max(concs), args.duration, work)
         print(f"  HTTP ceiling (c={max(concs)}): {http['rps']} req/s", file=sys.stderr)
@@ -404,7 +404,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch-size", default="32",
                     help="the server's max_batch_size with batching on [32, the server's default]; "
                          "auto: the model's sweet spot from the scan (e.g. on a GPU)")
-    ap.add_argument("--scan-max-batch", type=int, default=0, help="largest batch the model scan tries [128; 256 on a GPU]")
+    ap.add_argument("--scan-max-batch", type=int, default=0,
+                    help="largest batch the model scan tries [128; 256 on a GPU]")
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
     ap.add_argument("--decode-threads", type=int, default=0, help="0: the server's default")
     ap.add_argument("--model-instances", type=int, default=0, help="0: the server's default (auto)")

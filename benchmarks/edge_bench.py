@@ -1,9 +1,10 @@
 """The edge SDK: its per-call overhead over the bare interpreter, and edge / cloud / hybrid on digits.
 
-Prints one JSON object. Targets (issue 4):
+Prints one JSON object. Targets (issues 4 and 18):
 
-* the SDK's edge path costs <= 100 us a call more than the bare interpreter's
-  set_tensor + invoke + get_tensor on the same input;
+* the SDK's path for a confident array costs <= 30 us a call more than the
+  bare interpreter's set_tensor + invoke + get_tensor on the same input, in
+  the same run (issue 4 asked <= 100 us);
 * against a local server on the digits test split, hybrid accuracy >= cloud-only
   accuracy - 0.5 points while offloading <= 20% of images.
 
@@ -30,6 +31,8 @@ sys.path.insert(0, str(REPO / "tests"))  # cloud_server.serve_subprocess
 
 import numpy as np  # noqa: E402
 from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+
+TARGET_US = 30  # SDK overhead over the bare interpreter call, confident array (issue 18)
 
 
 def machine() -> dict:
@@ -58,6 +61,7 @@ def _per_call_us(fn, calls: int) -> tuple[float, float]:
 def overhead(bundle: Path, calls: int, rounds: int = 7) -> dict:
     """Per-call cost of each SDK layer against the bare interpreter, interleaved rounds, median of rounds."""
     from edge_sdk.bundle import load_bundle
+    from edge_sdk.capacity import default_probes
     from edge_sdk.hybrid import HybridClassifier
     from edge_sdk.preprocess import load_image, normalize, quantize, resize
     from quantize.data import split_from_info
@@ -68,9 +72,13 @@ def overhead(bundle: Path, calls: int, rounds: int = 7) -> dict:
     png = Path(item).read_bytes()
     rgb = resize(load_image(png), m.input.height, m.input.width, m.preprocess.resize)
     bgr = np.ascontiguousarray(rgb[..., ::-1])
-    edge = HybridClassifier.from_bundle(b, mode="edge_only", num_threads=1)  # default probes: part of the hot path
+    # the default probes are part of the hot path; the CPU probe's limit is lifted so that a machine busy with
+    # other jobs measures the same confident path instead of tripping it (the probe still runs every call)
+    probes = default_probes(max_load_per_core=1e9)
+    edge = HybridClassifier.from_bundle(b, mode="edge_only", num_threads=1, probes=probes)
     # auto mode with a cloud configured but a confident image: routing, probes, breaker peek, no network
-    auto = HybridClassifier.from_bundle(b, cloud_url="http://127.0.0.1:9", threshold=0.0, num_threads=1)
+    auto = HybridClassifier.from_bundle(b, cloud_url="http://127.0.0.1:9", threshold=0.0, num_threads=1,
+                                        probes=probes)
     model = edge.model
     interp = model.bare_interpreter()
     i_in, i_out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
@@ -114,17 +122,14 @@ def overhead(bundle: Path, calls: int, rounds: int = 7) -> dict:
         "note": "array cases: load_image (BGR->RGB), resize, pixel quantization, capacity probes, routing, "
                 "top-k, stats. png_bytes adds a PNG decode, which the bare interpreter never does. "
                 "CPU time is the measure of record; wall time also counts waiting for a shared CPU.",
-        "target_us": 100,
-        "meets_target": all(med_cpu[k] - bc <= 100 for k in sdk),
+        "target_us": TARGET_US,
+        "meets_target": all(med_cpu[k] - bc <= TARGET_US for k in sdk),
     }
 
 
 def _run_split(clf, paths, labels, batch: bool = False) -> dict:
     t = time.perf_counter()
-    if batch:
-        preds = clf.predict_batch(paths)
-    else:
-        preds = [clf.predict(p) for p in paths]
+    preds = clf.predict_batch(paths) if batch else [clf.predict(p) for p in paths]
     wall = time.perf_counter() - t
     # in a batch every image shares the batch's latency; report the amortized per-image figure instead
     lat = np.full(len(preds), wall * 1000 / len(preds)) if batch else np.array([p.latency_ms["total"] for p in preds])
@@ -132,12 +137,15 @@ def _run_split(clf, paths, labels, batch: bool = False) -> dict:
     for p in preds:
         by_reason[p.reason] = by_reason.get(p.reason, 0) + 1
     return {
-        "n": len(preds), "accuracy": float(np.mean([p.label == y for p, y in zip(preds, labels)])),
+        "n": len(preds), "accuracy": float(np.mean([p.label == y for p, y in zip(preds, labels, strict=False)])),
         "offload_fraction": float(np.mean([p.source == "cloud" for p in preds])),
-        "latency_ms": {"mean": float(lat.mean()), "p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95))},
-        "wall_s": round(wall, 3), "mode": "one predict_batch call, latency amortized per image" if batch else "predict per image",
+        "latency_ms": {"mean": float(lat.mean()), "p50": float(np.percentile(lat, 50)),
+                       "p95": float(np.percentile(lat, 95))},
+        "wall_s": round(wall, 3),
+        "mode": "one predict_batch call, latency amortized per image" if batch else "predict per image",
         "bytes_sent_per_image": float(sum(p.bytes_sent for p in preds) / len(preds)),
-        "bytes_sent_per_offloaded_image": (float(sum(p.bytes_sent for p in preds) / max(1, sum(p.source == "cloud" for p in preds)))),
+        "bytes_sent_per_offloaded_image": float(
+            sum(p.bytes_sent for p in preds) / max(1, sum(p.source == "cloud" for p in preds))),
         "by_reason": by_reason,
     }
 
@@ -159,8 +167,9 @@ def against_server(bundle: Path) -> dict:
         mk = lambda **kw: HybridClassifier.from_bundle(bundle, cloud_url=url, probes=[], deadline_ms=10_000, **kw)  # noqa: E731
         _run_split(mk(mode="cloud_only"), paths[:20], labels[:20])  # warm the server and connection
         out["edge_only"] = _run_split(HybridClassifier.from_bundle(bundle, mode="edge_only", probes=[]), paths, labels)
-        out["cloud_only"] = {u: _run_split(mk(mode="cloud_only", upload=u), paths, labels) for u in ("jpeg", "original", "tensor")}
-        out["hybrid"] = {u: _run_split(mk(upload=u), paths, labels) for u in ("jpeg", "original", "tensor")}
+        uploads = ("jpeg", "original", "tensor")
+        out["cloud_only"] = {u: _run_split(mk(mode="cloud_only", upload=u), paths, labels) for u in uploads}
+        out["hybrid"] = {u: _run_split(mk(upload=u), paths, labels) for u in uploads}
         out["hybrid_batch_jpeg"] = _run_split(mk(upload="jpeg"), paths, labels, batch=True)
     h, c = out["hybrid"]["jpeg"], out["cloud_only"]["jpeg"]
     out["targets"] = {

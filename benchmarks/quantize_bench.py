@@ -62,9 +62,11 @@ def bench_digits(bundle: str | None, work: Path, runs: int) -> dict:
         out[q] = {
             "accuracy": t["accuracy"], "drop_points": round(t["accuracy_drop_points"], 3),
             "agreement_int8_vs_fp32": t["agreement_int8_vs_fp32"], "mean_abs_prob_diff": t["mean_abs_prob_diff"],
-            "size_bytes": r["size_bytes"], "latency_ms": {k: r["latency"][k]["median_ms"] for k in ("tflite_fp32", "tflite_int8")},
+            "size_bytes": r["size_bytes"],
+            "latency_ms": {k: r["latency"][k]["median_ms"] for k in ("tflite_fp32", "tflite_int8")},
             "speedup": round(r["latency"]["speedup_fp32_over_int8"], 3), "convert_seconds": r["seconds"]["convert"],
-            "targets_met": {"drop_le_0.5": t["accuracy_drop_points"] <= 0.5, "agreement_ge_99": t["agreement_int8_vs_fp32"] >= 0.99},
+            "targets_met": {"drop_le_0.5": t["accuracy_drop_points"] <= 0.5,
+                            "agreement_ge_99": t["agreement_int8_vs_fp32"] >= 0.99},
         }
     return out
 
@@ -100,7 +102,8 @@ def bench_mobilenet(runs: int) -> dict:
             continue
         ratio, speed = len(fp32) / len(int8), lat["fp32"].median_ms / lat[q].median_ms
         res[q].update({
-            "size_bytes": len(int8), "latency": lat[q].as_dict(), "size_ratio": round(ratio, 3), "speedup": round(speed, 3),
+            "size_bytes": len(int8), "latency": lat[q].as_dict(), "size_ratio": round(ratio, 3),
+            "speedup": round(speed, 3),
             "targets_met": {"smaller_ge_3.5x": ratio >= 3.5, "faster_ge_1.8x": speed >= 1.8},
         })
     return res

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,7 +50,7 @@ log = logging.getLogger("hybrid_vision.cloud")
 SERVER_NAME = "hybrid-vision"
 EXTENSIONS = (binary.EXTENSION,)  # what GET /v2 lists; the SDK sends binary tensors only where this is listed
 
-BundlesArg = Union[Mapping[str, str | os.PathLike | Bundle], Sequence[str | os.PathLike | Bundle]]
+BundlesArg = Mapping[str, str | os.PathLike | Bundle] | Sequence[str | os.PathLike | Bundle]
 
 
 def load_models(bundles: BundlesArg, settings: Settings) -> dict[str, CloudModel]:
@@ -226,8 +226,9 @@ def _add_model_routes(app: FastAPI, state: ServiceState) -> None:
         200: {"content": {"application/octet-stream": {}, "application/json": {}},
               "description": "the edge model bytes (ETag = its sha256), or with ?part=manifest its manifest as JSON"},
         304: {"description": "If-None-Match matched: the client already has this version"}})
-    async def edge_model(name: str, request: Request, part: Literal["model", "manifest"] = Query(
-            "model", description="'model' (bytes) or 'manifest'")):
+    async def edge_model(name: str, request: Request,
+                         part: Literal["model", "manifest"] = Query(
+                             "model", description="'model' (bytes) or 'manifest'")):
         sm = state.resolve(name)
         if sm.edge is None:
             raise ApiError(404, f"model {name!r} has no edge model in its bundle (run `hybrid-vision quantize` on it)")

@@ -228,8 +228,8 @@ def _uint8_tensor(t: Tensor, spec: ModelInput, raw: memoryview | None) -> np.nda
 def _fp32_tensor(t: Tensor, spec: ModelInput, raw: memoryview | None) -> np.ndarray:
     want = list(spec.shape)
     if len(t.shape) != 4 or t.shape[1:] != want:
-        raise ApiError(422, f"an FP32 input must be preprocessed to the model's shape [N, {', '.join(map(str, want))}]"
-                            f", not {t.shape}")
+        shape = ", ".join(map(str, want))
+        raise ApiError(422, f"an FP32 input must be preprocessed to the model's shape [N, {shape}], not {t.shape}")
     _count(t, spec)
     with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
         arr = _numeric(t, "iuf", "numbers", raw).astype(np.float32)

@@ -19,11 +19,13 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("hv_requests", "HTTP requests by route and status", ["endpoint", "method", "status"], registry=r)
+        self.requests = Counter("hv_requests", "HTTP requests by route and status", ["endpoint", "method", "status"],
+                                registry=r)
         self.latency = Histogram("hv_request_duration_seconds", "HTTP request latency", ["endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("hv_requests_in_flight", "HTTP requests being handled", ["endpoint"], registry=r)
-        self.batch_size = Histogram("hv_batch_size", "images per model call", ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.batch_size = Histogram("hv_batch_size", "images per model call", ["model"], buckets=BATCH_BUCKETS,
+                                    registry=r)
         self.model_seconds = Histogram("hv_model_seconds", "model call time per batch", ["model"],
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.images = Counter("hv_images", "images run through the model", ["model"], registry=r)

@@ -53,7 +53,9 @@ def select_backend(name: str | None = None) -> str:
 
         have = keras.backend.backend()
         if have != want:
-            raise BackendError(f"Keras is already loaded with the {have!r} backend; cannot switch to {want!r} in this process")
+            raise BackendError(
+                f"Keras is already loaded with the {have!r} backend; cannot switch to {want!r} in this process"
+            )
         return have
     os.environ["KERAS_BACKEND"] = want
     try:
@@ -156,7 +158,8 @@ class CloudModel:
         shapes = [tuple(t.shape[1:]) for t in model.inputs] if getattr(model, "inputs", None) else []
         if len(shapes) != 1:
             raise BundleError(f"{path}: the cloud model must have exactly one input (has {len(shapes)})")
-        if any(m is not None and m != e for m, e in zip(shapes[0], self.input_shape)) or len(shapes[0]) != 3:
+        given = shapes[0]
+        if len(given) != 3 or any(m is not None and m != e for m, e in zip(given, self.input_shape, strict=True)):
             raise BundleError(f"{path}: model input {shapes[0]} does not match the manifest's {self.input_shape}")
         return model
 

@@ -106,8 +106,9 @@ class SecurityMiddleware:
         if self.keys.enabled:
             client = self.keys.identify(presented_key(headers))
             if client is None:
-                await error_response(401, "missing or invalid API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
-                                     {"WWW-Authenticate": 'Bearer realm="hybrid-vision"'})(scope, receive, send)
+                await error_response(
+                    401, "missing or invalid API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                    {"WWW-Authenticate": 'Bearer realm="hybrid-vision"'})(scope, receive, send)
                 return
             scope.setdefault("state", {})["client"] = client
         if self.limiter is not None:
@@ -127,8 +128,8 @@ class SecurityMiddleware:
                     await error_response(400, "Content-Length is not a non-negative integer")(scope, receive, send)
                     return
                 if length > self.max_body_bytes:
-                    await error_response(413, f"request body is {length} bytes, over the limit of {self.max_body_bytes}")(
-                        scope, receive, send)
+                    why = f"request body is {length} bytes, over the limit of {self.max_body_bytes}"
+                    await error_response(413, why)(scope, receive, send)
                     return
                 break
         await self.app(scope, receive, send)

@@ -1,14 +1,21 @@
-"""Running the app under uvicorn: binding, TLS, readiness, and a graceful drain.
+"""Running the app under uvicorn: binding, TLS, readiness, header limits, and a graceful drain.
 
 On SIGTERM/SIGINT uvicorn stops accepting, lets the requests in flight finish
 (they wait on the batcher, which keeps running), and only then runs the app's
 shutdown, which drains the batcher's queue. ``/v2/health/ready`` says 503 from
 the moment the signal arrives, so a load balancer stops sending work.
+
+uvicorn's httptools protocol bounds neither the time a client may take to send
+its headers nor their size (it accepted 100 KB), so a slow-header
+("slowloris") client holds a connection for ever. :class:`HeaderGuard` adds
+both: ``header_timeout_s`` to receive a request's headers (then 408 and a
+close) and ``max_header_bytes`` for them (then 431 and a close).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -20,6 +27,7 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edge_sdk.errors import HybridVisionError
 
@@ -74,6 +82,107 @@ class DrainingServer(uvicorn.Server):
                     t.abort()
 
 
+class HeaderGuard(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for a request's headers and a cap on their size.
+
+    The clock starts when the connection opens and at the first byte of each request, and stops when the
+    headers are complete; the size counts the request line and headers both as parsed and as received
+    (a block still incomplete after a read counts whole), so neither one huge read nor many small ones
+    get past it. Subclassed per server by :func:`header_guard` with the limits as class attributes.
+    """
+
+    max_header_bytes = 16 * 1024
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        self._awaiting_headers, self._header_bytes, self._refused = True, 0, False
+        self._header_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._start_header_clock()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_clock()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+        if self._awaiting_headers and not self._refused:  # all of this read was headers
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse(431, f"request headers are over {self.max_header_bytes} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_headers, self._header_bytes = True, 0
+        self._start_header_clock()
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed_bytes(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_headers = False
+        self._stop_header_clock()
+        if not self._refused:
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
+
+    def _parsed_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self.max_header_bytes and not self._refused:
+            self._refuse(431, f"request headers are over {self.max_header_bytes} bytes")
+
+    def _start_header_clock(self) -> None:
+        if self._header_timer is None and not self._refused:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _stop_header_clock(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._awaiting_headers and not self._refused and not self.transport.is_closing():
+            self._refuse(408, f"the request headers took over {self.header_timeout_s:g} s")
+
+    def _refuse(self, status: int, why: str) -> None:
+        """Answer ``status`` with a JSON error and close; nothing more is read from this connection."""
+        self._refused = True
+        self._stop_header_clock()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        log.warning("refused %s: %s", client, why)
+        if self.transport.is_closing():
+            return
+        body = json.dumps({"error": why}).encode()
+        phrase = {408: "Request Timeout", 431: "Request Header Fields Too Large"}[status]
+        self.transport.write(
+            f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n".encode() + body
+        )
+        self.transport.close()
+
+
+def header_guard(settings: Settings) -> type[HeaderGuard]:
+    """:class:`HeaderGuard` with this server's limits."""
+    return type("HeaderGuard", (HeaderGuard,), {
+        "max_header_bytes": settings.max_header_bytes, "header_timeout_s": settings.header_timeout_s,
+    })
+
+
 def make_server(app: FastAPI, settings: Settings) -> DrainingServer:
     ssl = {}
     if settings.ssl_certfile is not None:
@@ -85,7 +194,7 @@ def make_server(app: FastAPI, settings: Settings) -> DrainingServer:
         app, host=settings.host, port=settings.port, lifespan="on", log_level=settings.log_level,
         access_log=settings.access_log, timeout_graceful_shutdown=settings.drain_timeout_s,
         server_header=False, proxy_headers=bool(settings.forwarded_allow_ips),
-        forwarded_allow_ips=settings.forwarded_allow_ips, **ssl,
+        forwarded_allow_ips=settings.forwarded_allow_ips, http=header_guard(settings), **ssl,
     )
     if ssl:
         try:

@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=4096)
     max_delay_ms: float = Field(5.0, ge=0, le=10_000)
     queue_size: int = Field(256, ge=1, le=1_000_000)  # requests waiting for the model, per model
-    model_instances: int = Field(0, ge=0, le=64)  # model worker threads per model; 0 = auto (cloud.model.plan_instances)
+    # model worker threads per model; 0 = auto (cloud.model.plan_instances)
+    model_instances: int = Field(0, ge=0, le=64)
     model_threads: int = Field(0, ge=0, le=1024)  # the backend's threads within one op; 0 = auto (CPUs / instances)
     decode_threads: int = Field(default_factory=_default_decode_threads, ge=1, le=256)
     inline_decode_max_pixels: int = Field(4096, ge=0)  # tinier images decode on the event loop (cheaper than a hop)
@@ -46,6 +47,8 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=64)
     max_pixels: int = Field(40_000_000, ge=1)
     max_request_images: int = Field(256, ge=1)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # request line + headers; more gets a 431
+    header_timeout_s: float = Field(10.0, gt=0)  # to receive a request's headers; slower gets a 408 and a close
     # security
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     rate_limit_rps: float = Field(0.0, ge=0)  # per key (or per client address without keys); 0 = off

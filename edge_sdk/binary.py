@@ -37,6 +37,13 @@ _LENGTH = struct.Struct("<I")
 def split_body(body: bytes, header_length: str | int | None) -> tuple[bytes, memoryview]:
     """(the JSON header, the binary data after it); without a header length the whole body is JSON.
 
+    Args:
+        body: the request or response body as received.
+        header_length: the ``Inference-Header-Content-Length`` header's value, or None when it was absent.
+
+    Returns:
+        The JSON header's bytes and a view of the binary data after it (empty without a header length).
+
     Raises:
         ProtocolError: the header length is not a positive integer, or is longer than the body.
     """
@@ -67,6 +74,13 @@ def _parse_length(value: str | int) -> int:
 def binary_size(parameters: Mapping[str, Any] | None, name: str) -> int | None:
     """A tensor's ``parameters.binary_data_size``, or None when its data is in the JSON.
 
+    Args:
+        parameters: the tensor's ``parameters`` object, or None when it has none.
+        name: the tensor's name, for the error message.
+
+    Returns:
+        The size in bytes, or None when the tensor's data is in the JSON.
+
     Raises:
         ProtocolError: the size is there but not a non-negative integer.
     """
@@ -80,6 +94,13 @@ def binary_size(parameters: Mapping[str, Any] | None, name: str) -> int | None:
 
 def slice_data(sizes: Sequence[tuple[str, int | None]], data: memoryview) -> list[memoryview | None]:
     """Cut the binary data into one view per tensor (None where a tensor has no binary size), in order.
+
+    Args:
+        sizes: (name, binary size or None) of every tensor, in the order they are listed.
+        data: the binary data after the JSON header.
+
+    Returns:
+        One view per tensor, None where the tensor's data is in the JSON.
 
     Raises:
         ProtocolError: a size runs past the end of the data, or bytes are left over after the last tensor.
@@ -103,7 +124,14 @@ def slice_data(sizes: Sequence[tuple[str, int | None]], data: memoryview) -> lis
 
 
 def pack_bytes(elements: Iterable[bytes]) -> bytes:
-    """BYTES elements as the extension carries them: each one's 4-byte little-endian length, then its bytes."""
+    """BYTES elements as the extension carries them: each one's 4-byte little-endian length, then its bytes.
+
+    Args:
+        elements: the BYTES tensor's elements, in order.
+
+    Returns:
+        The tensor's binary data.
+    """
     parts: list[bytes] = []
     for e in elements:
         parts.append(_LENGTH.pack(len(e)))
@@ -113,6 +141,13 @@ def pack_bytes(elements: Iterable[bytes]) -> bytes:
 
 def unpack_bytes(data: bytes | memoryview, max_count: int) -> list[bytes]:
     """The elements of a BYTES tensor's data; stops after ``max_count + 1`` (the caller then reports too many).
+
+    Args:
+        data: the tensor's binary data.
+        max_count: how many elements the caller accepts; one more is read so it can tell.
+
+    Returns:
+        The elements, at most ``max_count + 1`` of them.
 
     Raises:
         ProtocolError: a length prefix or an element is cut short by the end of the data.
@@ -134,12 +169,28 @@ def unpack_bytes(data: bytes | memoryview, max_count: int) -> list[bytes]:
 
 
 def numeric_bytes(array: np.ndarray, datatype: str) -> bytes:
-    """A numeric tensor's binary data: row-major, little-endian."""
+    """A numeric tensor's binary data: row-major, little-endian.
+
+    Args:
+        array: the tensor's values.
+        datatype: its KServe v2 datatype (a key of ``NUMPY_TYPES``), which sets the element type.
+
+    Returns:
+        The raw bytes.
+    """
     return np.ascontiguousarray(array, dtype=NUMPY_TYPES[datatype]).tobytes()
 
 
 def join_body(header: Mapping[str, Any], blobs: Sequence[bytes]) -> tuple[bytes, int | None]:
-    """(body, its JSON header's length); the length is None when no tensor is binary (a plain JSON body)."""
+    """(body, its JSON header's length); the length is None when no tensor is binary (a plain JSON body).
+
+    Args:
+        header: the JSON part (inputs or outputs with their ``binary_data_size`` parameters set).
+        blobs: the binary data of the binary tensors, in the order the header lists them.
+
+    Returns:
+        The body and the value for ``Inference-Header-Content-Length`` (None: send no such header).
+    """
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
     if not blobs:
         return head, None

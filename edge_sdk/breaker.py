@@ -74,7 +74,11 @@ class CircuitBreaker:
         return self._failures
 
     def allow(self) -> bool:
-        """May a request go out now? In half_open, True for the one probe only."""
+        """May a request go out now? Call it only for a request you will make (it takes the half-open slot).
+
+        Returns:
+            True when closed; in half_open, True for the one probe only; False while open.
+        """
         with self._lock:
             now = self._clock()
             if self._state == "closed":
@@ -92,12 +96,14 @@ class CircuitBreaker:
             return True
 
     def record_success(self) -> None:
+        """The request answered: close the breaker and forget the failures."""
         with self._lock:
             self._state = "closed"
             self._failures = 0
             self._probe_started = None
 
     def record_failure(self) -> None:
+        """The request failed: count it, and open the breaker at the threshold (or at once in half_open)."""
         with self._lock:
             self._failures += 1
             if self._state == "half_open" or self._failures >= self.failure_threshold:
@@ -116,5 +122,9 @@ class CircuitBreaker:
                 self._opened_at = self._clock() - self.cooldown_s  # eligible again at once
 
     def snapshot(self) -> BreakerSnapshot:
-        """State, consecutive failures and how often it opened, as one typed record."""
+        """The breaker as a typed record.
+
+        Returns:
+            State, consecutive failures and how often it opened.
+        """
         return BreakerSnapshot(self.state, self._failures, self.times_opened)

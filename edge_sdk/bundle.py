@@ -104,7 +104,13 @@ class Manifest(BaseModel):
 class Bundle:
     """A loaded, verified bundle: its directory and manifest."""
 
-    def __init__(self, path: Path, manifest: Manifest):
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        """Prefer :func:`load_bundle`, which checks the files.
+
+        Args:
+            path: the bundle directory.
+            manifest: its manifest.
+        """
         self.path = path
         self.manifest = manifest
 
@@ -113,9 +119,24 @@ class Bundle:
         return self.manifest.labels
 
     def has(self, role: str) -> bool:
+        """Args:
+            role: a model role (cloud, edge, edge_source).
+
+        Returns:
+            Whether the manifest names a model for it.
+        """
         return role in self.manifest.models
 
     def model_path(self, role: str) -> Path:
+        """Args:
+            role: a model role (cloud, edge, edge_source).
+
+        Returns:
+            The model file's path.
+
+        Raises:
+            BundleError: the bundle has no such model.
+        """
         if role not in self.manifest.models:
             raise BundleError(f"{self.path}: bundle has no '{role}' model (has: {sorted(self.manifest.models)})")
         return self.path / self.manifest.models[role].file
@@ -125,6 +146,12 @@ class Bundle:
 
 
 def sha256_file(path: str | Path) -> str:
+    """Args:
+        path: a file.
+
+    Returns:
+        Its sha256, hex.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -133,7 +160,19 @@ def sha256_file(path: str | Path) -> str:
 
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
-    """Read and check a bundle; any defect is a BundleError naming the file and cause."""
+    """Read and check a bundle.
+
+    Args:
+        path: the bundle directory.
+        verify: check every model file's sha256 against the manifest.
+
+    Returns:
+        The bundle.
+
+    Raises:
+        BundleError: any defect (missing file, bad manifest, unsupported schema, checksum), naming the file
+            and the cause.
+    """
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"{path}: not a bundle directory (it does not exist or is a file)")
@@ -164,6 +203,18 @@ def write_bundle(dest: str | Path, manifest: Manifest, files: Mapping[str, str |
 
     Every model named in the manifest must be among ``files``; its sha256 is
     filled in here. If ``dest`` exists it is replaced only once the new one is whole.
+
+    Args:
+        dest: the bundle directory.
+        manifest: its manifest (copied; model sha256s are filled in).
+        files: name inside the bundle -> source path or bytes.
+
+    Returns:
+        The bundle as written.
+
+    Raises:
+        BundleError: a model file is missing from ``files``, or a name is not a plain file name.
+        OSError: the disk refused; ``dest`` is as it was.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +245,19 @@ def write_bundle(dest: str | Path, manifest: Manifest, files: Mapping[str, str |
 
 
 def update_bundle(bundle: Bundle, manifest: Manifest, new_files: Mapping[str, str | Path | bytes]) -> Bundle:
-    """Write a new version of ``bundle`` over itself: every file it has, plus (or replaced by) ``new_files``."""
+    """Write a new version of ``bundle`` over itself: every file it has, plus (or replaced by) ``new_files``.
+
+    Args:
+        bundle: the bundle to replace.
+        manifest: the new manifest.
+        new_files: files to add or replace (name -> source path or bytes).
+
+    Returns:
+        The new bundle.
+
+    Raises:
+        BundleError, OSError: as for :func:`write_bundle`; the old bundle is then untouched.
+    """
     files: dict[str, str | Path | bytes] = {
         p.name: p for p in bundle.path.iterdir() if p.is_file() and p.name not in (MANIFEST, LABELS)
     }

@@ -28,7 +28,16 @@ from .policy import ConfidenceScorer, Verdict
 from .preprocess import InputSpec, PreprocessSpec
 from .reasons import Reason
 from .runtime import LocalModel, PixelQuantizer
-from .scores import OOD_ACTIONS, ROUTING_METRICS, DeferralModel, OODAction, OODScorer, edge_logits, softmax
+from .scores import (
+    DeferralModel,
+    OODAction,
+    OODScorer,
+    RoutingMetric,
+    check_ood_action,
+    check_routing_metric,
+    edge_logits,
+    softmax,
+)
 from .upload import Staged
 
 UNKNOWN = "unknown"  # the label of a frame answered "unknown" on the device
@@ -60,7 +69,7 @@ class EdgeOutput:
 class RoutingPlan:
     """How one edge model is scored: the bundle's routing with the caller's overrides applied."""
 
-    metric: str
+    metric: RoutingMetric
     threshold: float
     temperature: float = 1.0
     deferral: DeferralModel | None = None
@@ -84,11 +93,8 @@ class RoutingPlan:
         Raises:
             ValueError: an unknown metric or action, or ``deferral`` asked of a bundle without a deferral model.
         """
-        chosen = metric or routing.metric
-        if chosen not in ROUTING_METRICS:
-            raise ValueError(f"unknown routing metric {chosen!r}; choose from {', '.join(ROUTING_METRICS)}")
-        if ood_action not in OOD_ACTIONS:
-            raise ValueError(f"unknown out_of_distribution {ood_action!r}; choose from {', '.join(OOD_ACTIONS)}")
+        chosen = check_routing_metric(metric or routing.metric)
+        check_ood_action(ood_action)
         if chosen == "deferral" and routing.deferral is None:
             raise ValueError("metric 'deferral' needs a bundle with a deferral model (quantize fits one)")
         return cls(
@@ -154,7 +160,7 @@ class ClassifierScorer:
         self._by_probs = ConfidenceScorer(plan.metric, plan.threshold) if plan.metric != "deferral" else None
 
     @property
-    def metric(self) -> str:
+    def metric(self) -> RoutingMetric:
         return self.plan.metric
 
     @property

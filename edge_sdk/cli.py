@@ -15,6 +15,8 @@ import logging
 import sys
 from typing import Any
 
+from .nativelog import quiet_native_logs
+
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, extra that provides its dependencies)
     "train": ("quantize.commands.train", "quantize"),
@@ -42,11 +44,17 @@ class _Unavailable:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser, one sub-command per installed command module (nothing heavy is imported).
+
+    Returns:
+        The parser; each sub-command's namespace carries its module as ``_module``.
+    """
     parser = argparse.ArgumentParser(
         prog="hybrid-vision",
         description="Edge-plus-cloud image recognition: train, quantize to int8, serve, and predict.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and TensorFlow's and LiteRT's own log lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (modname, _extra) in COMMANDS.items():
         mod: Any
@@ -63,8 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``hybrid-vision``.
+
+    Args:
+        argv: the arguments (default: sys.argv[1:]).
+
+    Returns:
+        The exit status: 0, 1 (a HybridVisionError), 2 (usage), 3 (a missing extra), 130 (interrupted).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        quiet_native_logs()  # before any command loads TensorFlow or LiteRT
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -68,11 +68,26 @@ _NOT_SERVER_FAULTS = {"http_400", "http_413", "http_415", "http_422"}
 
 
 def counts_against_breaker(reason: str) -> bool:
+    """Whether a failure says the server is unwell (and so counts towards opening the breaker).
+
+    Args:
+        reason: a :class:`CloudError`'s reason (see :data:`REASONS`).
+
+    Returns:
+        False for the client's own input problems (400, 413, 415, 422) and for the breaker's own refusal.
+    """
     return reason not in _NOT_SERVER_FAULTS and reason != "circuit_open"
 
 
 def deadline_after(ms: float) -> float:
-    """An absolute deadline on the ``time.monotonic`` clock, ``ms`` from now."""
+    """An absolute deadline on the ``time.monotonic`` clock, ``ms`` from now.
+
+    Args:
+        ms: how long from now, in milliseconds.
+
+    Returns:
+        The deadline, in seconds on the ``time.monotonic`` clock.
+    """
     return time.monotonic() + ms / 1000.0
 
 
@@ -90,9 +105,15 @@ class Sink:
 
     max_bytes: int = 256 * 1024 * 1024
 
-    def reset(self) -> None: ...
+    def reset(self) -> None:
+        """Forget what an earlier attempt wrote: the download starts again."""
 
-    def write(self, chunk: bytes) -> None: ...
+    def write(self, chunk: bytes) -> None:
+        """Take the next piece of the body.
+
+        Args:
+            chunk: the bytes, in order.
+        """
 
 
 @dataclass
@@ -109,33 +130,37 @@ Reply = _Reply  # the public name of what CloudClient.get returns
 class CloudClient:
     """One model on one KServe v2 server. Thread-safe; share one per process."""
 
-    def __init__(
-        self,
-        base_url: str,
-        model_name: str,
-        *,
-        api_key: str | None = None,
-        verify: bool = True,
-        ca_bundle: str | None = None,
-        max_retries: int = 2,
-        backoff_s: float = 0.05,
-        max_attempt_s: float = 30.0,
-        breaker: CircuitBreaker | None = None,
-        max_response_bytes: int = 32 * 1024 * 1024,
-        max_workers: int = 8,
-        session: requests.Session | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        wire: Wire = "auto",
-    ):
+    def __init__(self, base_url: str, model_name: str, *, api_key: str | None = None, verify: bool = True,
+                 ca_bundle: str | None = None, max_retries: int = 2, backoff_s: float = 0.05,
+                 max_attempt_s: float = 30.0, breaker: CircuitBreaker | None = None,
+                 max_response_bytes: int = 32 * 1024 * 1024, max_workers: int = 8,
+                 session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
+                 wire: Wire = "auto"):
+        """A client for ``model_name`` on ``base_url``; with ``wire="auto"`` it asks ``GET /v2`` in the background.
+
+        Args:
+            base_url: the server, ``http://`` or ``https://``.
+            model_name: the model to ask.
+            api_key: sent as ``Authorization: Bearer``; None sends none.
+            verify: check the server's TLS certificate.
+            ca_bundle: a CA file to check it against (implies verification).
+            max_retries: retries after a connection error or a 503 (with backoff, within the deadline).
+            backoff_s: the first retry's wait; it doubles after each.
+            max_attempt_s: the longest one attempt may take, whatever the deadline.
+            breaker: the circuit breaker to share; None makes one.
+            max_response_bytes: a longer answer is a bad response.
+            max_workers: threads for requests that run in the background.
+            session: the ``requests`` session to use; None makes one.
+            sleep: how to wait between retries (a test passes a fake).
+            wire: ``auto`` (binary tensor data where ``GET /v2`` lists it, else JSON), ``binary`` or ``json``.
+
+        Raises:
+            ValueError: a URL without http(s):// or an unknown ``wire``.
+        """
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"cloud URL must start with http:// or https://, not {base_url!r}")
         if wire not in WIRES:
             raise ValueError(f"unknown wire {wire!r}; choose from {', '.join(WIRES)}")
-        self.wire = wire
-        self._speaks_binary: bool | None = None if wire == "auto" else wire == "binary"
-        self._probe: Future[None] | None = None
-        self._probe_lock = threading.Lock()
-        self._next_probe = 0.0
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
         self.max_retries = max(0, int(max_retries))
@@ -145,16 +170,29 @@ class CloudClient:
         self.breaker = breaker or CircuitBreaker()
         self._sleep = sleep
         self.session = session or requests.Session()
-        # Passed on every request: a session-level setting would lose to REQUESTS_CA_BUNDLE in the environment.
-        self.verify: bool | str = ca_bundle if ca_bundle else verify
+        self.verify = self._authenticate(api_key, verify, ca_bundle)
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="hv-cloud")
+        self._bytes_lock = threading.Lock()
+        self.bytes_sent = 0
+        self._choose_wire(wire)
+
+    def _authenticate(self, api_key: str | None, verify: bool, ca_bundle: str | None) -> bool | str:
+        """The session's User-Agent and key; returns what to pass as ``verify=`` on every request (a
+        session-level setting would lose to REQUESTS_CA_BUNDLE in the environment)."""
         if not verify and not ca_bundle:
             log.warning("TLS certificate verification is OFF for %s", self.base_url)
         self.session.headers["User-Agent"] = USER_AGENT
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="hv-cloud")
-        self._bytes_lock = threading.Lock()
-        self.bytes_sent = 0
+        return ca_bundle if ca_bundle else verify
+
+    def _choose_wire(self, wire: Wire) -> None:
+        """Fix JSON or binary now, or (``auto``) start asking ``GET /v2`` in the background."""
+        self.wire = wire
+        self._speaks_binary: bool | None = None if wire == "auto" else wire == "binary"
+        self._probe: Future[None] | None = None
+        self._probe_lock = threading.Lock()
+        self._next_probe = 0.0
         if self._speaks_binary is None:
             self._start_probe()
 
@@ -185,11 +223,36 @@ class CloudClient:
         return f"{self.base_url}/v2/models/{self.model_name}/infer"
 
     def infer_images(self, images: Sequence[bytes], num_classes: int, deadline: float) -> CloudResult:
-        """Encoded images (JPEG/PNG bytes) -> probabilities [N, C]."""
+        """Encoded images (JPEG/PNG bytes) -> probabilities [N, C].
+
+        Args:
+            images: the encoded files.
+            num_classes: the probabilities' width.
+            deadline: absolute, on the ``time.monotonic`` clock (see :func:`deadline_after`).
+
+        Returns:
+            The probabilities, labels (when sent), bytes sent, attempts and latency.
+
+        Raises:
+            CloudError: any failure; ``reason`` says which (see :data:`REASONS`).
+        """
         return self.infer(images_payload(list(images)), len(images), num_classes, deadline)
 
     def infer_tensor(self, batch: np.ndarray, num_classes: int, deadline: float) -> CloudResult:
-        """An NHWC uint8 (raw RGB pixels) or float32 (preprocessed) batch -> probabilities [N, C]."""
+        """An NHWC uint8 (raw RGB pixels) or float32 (preprocessed) batch -> probabilities [N, C].
+
+        Args:
+            batch: the images, [N, H, W, C].
+            num_classes: the probabilities' width.
+            deadline: absolute, on the ``time.monotonic`` clock (see :func:`deadline_after`).
+
+        Returns:
+            The probabilities, labels (when sent), bytes sent, attempts and latency.
+
+        Raises:
+            CloudError: any failure; ``reason`` says which (see :data:`REASONS`).
+            ValueError: a batch that is not NHWC uint8 or float32.
+        """
         return self.infer(tensor_payload(batch), len(batch), num_classes, deadline)
 
     def infer(self, request: InferPayload | Mapping[str, Any], n: int, num_classes: int,
@@ -199,8 +262,12 @@ class CloudClient:
         Args:
             request: a payload (sent as binary tensors where the server speaks them, else JSON),
                 or a ready JSON document, sent as it is.
-            n: how many images it carries. num_classes: the probabilities' width.
+            n: how many images it carries.
+            num_classes: the probabilities' width.
             deadline: absolute, on the ``time.monotonic`` clock (see :func:`deadline_after`).
+
+        Returns:
+            The probabilities, labels (when sent), bytes sent, attempts and latency.
 
         Raises:
             CloudError: any failure; ``reason`` says which (see :data:`REASONS`).
@@ -231,7 +298,14 @@ class CloudClient:
         return bool(known)
 
     def negotiate(self, timeout: float = PROBE_S) -> bool:
-        """Wait up to ``timeout`` s for the server's answer to ``GET /v2``; then :attr:`speaks_binary`."""
+        """Wait up to ``timeout`` s for the server's answer to ``GET /v2``; then :attr:`speaks_binary`.
+
+        Args:
+            timeout: the most to wait, in seconds.
+
+        Returns:
+            Whether requests go as binary tensor data now.
+        """
         probe = self._start_probe(now=True) if self._speaks_binary is None else None
         if probe is not None:
             with contextlib.suppress(FutureTimeout):
@@ -271,7 +345,17 @@ class CloudClient:
             sink: Sink | None = None) -> _Reply:
         """A GET through the same retries, breaker and deadline; any status is returned, errors raise.
 
-        With ``sink``, a 200 body is streamed into it (reset before each attempt) instead of kept in memory.
+        Args:
+            path: the path on the server, e.g. ``/v2/models/x/edge``.
+            deadline: absolute, on the ``time.monotonic`` clock.
+            headers: extra request headers.
+            sink: where a 200 body is streamed (reset before each attempt) instead of kept in memory.
+
+        Returns:
+            The reply: status, headers and content (empty when streamed into ``sink``).
+
+        Raises:
+            CloudError: no answer, or a status the breaker counts (5xx, 401, 403, 404, 429).
         """
         reply, _, _ = self._call("GET", f"{self.base_url}{path}", None, dict(headers or {}), deadline, sink)
         return reply

@@ -13,7 +13,11 @@ class InvalidImageError(HybridVisionError, ValueError):
     decode), or "invalid" (undecodable, wrong type or shape).
     """
 
-    def __init__(self, message: str, kind: str = "invalid"):
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        """Args:
+        message: what was wrong, for people.
+        kind: too_large, unsupported or invalid, for programs.
+        """
         super().__init__(message)
         self.kind = kind
 
@@ -29,7 +33,12 @@ class ModelLoadError(HybridVisionError):
 class CloudError(HybridVisionError):
     """One cloud call failed; ``reason`` is a short machine-readable cause."""
 
-    def __init__(self, message: str, reason: str = "cloud_error", status: int | None = None):
+    def __init__(self, message: str, reason: str = "cloud_error", status: int | None = None) -> None:
+        """Args:
+        message: what happened, for people.
+        reason: one short word for programs (connection, timeout, http_500, ...).
+        status: the HTTP status, when there was one.
+        """
         super().__init__(message)
         self.reason = reason
         self.status = status

@@ -74,7 +74,11 @@ class Prediction:
     ood_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field but the probabilities, JSON-ready (top_k as label/score objects)."""
+        """Every field but the probabilities.
+
+        Returns:
+            A JSON-ready dict (top_k as label/score objects).
+        """
         d = asdict(self)
         d.pop("probabilities")
         d["reason"] = str(self.reason)
@@ -212,12 +216,20 @@ class HybridClassifier:
         return self._router.predict_batch(images, color, deadline_ms)
 
     def add_observer(self, observer: Observer[Prediction]) -> None:
-        """Call ``observer(staged, prediction)`` after every final answer (in the caller's thread; an
-        observer's exception is logged and counted in ``stats().errors["observer"]``, never raised)."""
+        """Call ``observer(staged, prediction)`` after every final answer, in the caller's thread.
+
+        Args:
+            observer: gets the staged image and the prediction; an exception it raises is logged and
+                counted in ``stats().errors["observer"]``, never passed to the caller.
+        """
         self._router.add_observer(observer)
 
     def remove_observer(self, observer: Observer[Prediction]) -> None:
-        """Stop calling ``observer``."""
+        """Stop calling ``observer``.
+
+        Args:
+            observer: one added with :meth:`add_observer`.
+        """
         self._router.remove_observer(observer)
 
     # --- state ------------------------------------------------------------------------------------
@@ -247,7 +259,7 @@ class HybridClassifier:
         return self._router.edge.error
 
     @property
-    def metric(self) -> str:
+    def metric(self) -> RoutingMetric:
         return self._scorer().metric
 
     @property
@@ -260,7 +272,11 @@ class HybridClassifier:
         return self._router.probes
 
     def stats(self) -> Stats:
-        """Counts by source and reason, latency percentiles (last 10k calls), bytes, breaker and model state."""
+        """What this classifier has done.
+
+        Returns:
+            Counts by source and reason, latency percentiles (last 10k calls), bytes, breaker and model state.
+        """
         m = self.model
         return self._router.stats.snapshot(
             mode=self.mode, metric=self.metric, threshold=self.threshold, upload=self.upload,
@@ -437,7 +453,15 @@ class HybridClassifier:
 
 
 def top_k(probs: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """The ``k`` largest (index, probability) pairs, largest first, ties in index order."""
+    """The most probable classes.
+
+    Args:
+        probs: probabilities [C].
+        k: how many.
+
+    Returns:
+        The ``k`` largest (index, probability) pairs, largest first, ties in index order.
+    """
     if probs.shape[0] <= 64:  # small: plain Python on a list beats numpy's per-call overhead
         values: list[float] = probs.tolist()
         order = sorted(range(len(values)), key=values.__getitem__, reverse=True)[:k]

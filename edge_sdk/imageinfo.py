@@ -19,6 +19,12 @@ class ImageInfo:
 
 
 def sniff_format(data: bytes) -> str:
+    """Args:
+        data: the start of an encoded image.
+
+    Returns:
+        png, jpeg, bmp, webp, gif, tiff or unknown, from the magic bytes.
+    """
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return "png"
     if data[:3] == b"\xff\xd8\xff":
@@ -35,7 +41,14 @@ def sniff_format(data: bytes) -> str:
 
 
 def read_info(data: bytes) -> ImageInfo:
-    """Format and declared size; width/height are None when the header is unreadable."""
+    """Read an encoded image's header.
+
+    Args:
+        data: the encoded image.
+
+    Returns:
+        Its format and declared size (width/height None when the header is unreadable).
+    """
     fmt = sniff_format(data)
     try:
         size = _SIZE_READERS[fmt](data) if fmt in _SIZE_READERS else None

@@ -26,7 +26,7 @@ from .capacity import Probe
 from .client import CloudClient
 from .policy import Mode, check_mode
 from .preprocess import DEFAULT_LIMITS, ImageLimits
-from .scores import OOD_ACTIONS, ROUTING_METRICS, OODAction, RoutingMetric
+from .scores import OODAction, RoutingMetric, check_ood_action, check_routing_metric
 from .upload import Upload, check_upload
 
 
@@ -104,6 +104,9 @@ class CloudOptions(_Options):
         Args:
             default_model: the served model's name when ``cloud_model`` is not set (the bundle's name).
 
+        Returns:
+            A client (close it when done), or None.
+
         Raises:
             ValueError: a cloud_url that is not http(s).
         """
@@ -158,11 +161,9 @@ class HybridOptions(RoutingOptions, CloudOptions, EdgeOptions):
     top_k: int = 3
 
     def __post_init__(self) -> None:
-        if self.metric is not None and self.metric not in ROUTING_METRICS:
-            raise ValueError(f"unknown routing metric {self.metric!r}; choose from {', '.join(ROUTING_METRICS)}")
-        if self.out_of_distribution not in OOD_ACTIONS:
-            raise ValueError(f"unknown out_of_distribution {self.out_of_distribution!r}; "
-                             f"choose from {', '.join(OOD_ACTIONS)}")
+        if self.metric is not None:
+            check_routing_metric(self.metric)
+        check_ood_action(self.out_of_distribution)
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, not {self.top_k}")
         super().__post_init__()
@@ -193,5 +194,12 @@ class HybridOverrides(TypedDict, total=False):
 
 
 def option_names(options: type[_Options]) -> frozenset[str]:
-    """The field names of an options class (what ``**overrides`` may name)."""
+    """The field names of an options class.
+
+    Args:
+        options: an options class (HybridOptions, RoutingOptions, ...).
+
+    Returns:
+        What ``**overrides`` may name.
+    """
     return frozenset(f.name for f in fields(options))

@@ -96,7 +96,14 @@ class _HashingFile(Sink):
 
 
 def parse_etag(value: str | None) -> str | None:
-    """The sha256 inside an ETag header (quotes and a weak ``W/`` prefix removed)."""
+    """Read an ETag.
+
+    Args:
+        value: the ETag header, or None.
+
+    Returns:
+        The sha256 inside it (quotes and a weak ``W/`` prefix removed, lower case), or None.
+    """
     if not value:
         return None
     v = value.strip()
@@ -106,7 +113,13 @@ def parse_etag(value: str | None) -> str | None:
 
 
 def parse_manifest(content: bytes) -> tuple[Manifest, str]:
-    """The ``?part=manifest`` document -> (bundle manifest, edge sha256 the server says it serves).
+    """Read the server's ``?part=manifest`` document.
+
+    Args:
+        content: the response body.
+
+    Returns:
+        The bundle manifest, and the edge sha256 the server says it serves.
 
     Raises:
         UpdateError: the document is not JSON of the expected shape.
@@ -173,7 +186,14 @@ def fetch_update(
 
 
 def persist_update(bundle: Bundle, update: VerifiedUpdate) -> Bundle:
-    """Write the verified model, its quantization and threshold into ``bundle`` on disk; the new Bundle.
+    """Write the verified model, its quantization and threshold into ``bundle`` on disk.
+
+    Args:
+        bundle: the device's bundle.
+        update: the verified update (while :func:`fetch_update`'s context is open).
+
+    Returns:
+        The new bundle.
 
     Raises:
         OSError, BundleError: the disk refused (read-only, full); the bundle on disk is unchanged.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 import numpy as np
 
@@ -28,18 +28,33 @@ MODES: tuple[str, ...] = get_args(Mode)
 _EPS = 1e-12
 
 
+def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")
+    return value
+
+
 def check_mode(mode: str) -> Mode:
-    """``mode`` if it is one of :data:`MODES`; else a ValueError naming the choices."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    return mode  # type: ignore[return-value]
+    """Args:
+        mode: a mode name.
+
+    Returns:
+        ``mode``, typed as a :data:`Mode`.
+
+    Raises:
+        ValueError: it is not one of :data:`MODES` (the message names them).
+    """
+    return cast(Mode, _one_of(mode, MODES, "mode"))
 
 
 def check_metric(metric: str) -> Metric:
-    """``metric`` if it is one of :data:`METRICS`; else a ValueError naming the choices."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown confidence metric {metric!r}; choose from {', '.join(METRICS)}")
-    return metric  # type: ignore[return-value]
+    """Args:
+        metric: a confidence metric's name.
+
+    Returns:
+        ``metric``, typed as a :data:`Metric`; a ValueError (naming :data:`METRICS`) if it is none.
+    """
+    return cast(Metric, _one_of(metric, METRICS, "confidence metric"))
 
 
 def confidence(probs: np.ndarray, metric: str = "max_prob") -> np.ndarray | float:
@@ -47,6 +62,13 @@ def confidence(probs: np.ndarray, metric: str = "max_prob") -> np.ndarray | floa
 
     max_prob: p1; margin: p1 - p2; entropy: -sum p ln p with p clipped at 1e-12
     (lower is more confident).
+
+    Args:
+        probs: probabilities, [C] or [N, C].
+        metric: max_prob, margin or entropy.
+
+    Returns:
+        A float for [C], an array [N] for [N, C].
 
     Raises:
         ValueError: an unknown metric, or probabilities that are not [C] or [N, C] with C >= 2.
@@ -70,7 +92,19 @@ def confidence(probs: np.ndarray, metric: str = "max_prob") -> np.ndarray | floa
 
 
 def is_confident(score: Any, threshold: float, metric: str = "max_prob") -> Any:
-    """Entropy is confident at or below the threshold; max_prob and margin at or above it (scalars or arrays)."""
+    """Whether a score is good enough: entropy at or below the threshold, max_prob and margin at or above it.
+
+    Args:
+        score: a score or an array of scores from :func:`confidence`.
+        threshold: the routing threshold.
+        metric: the metric the score and the threshold are in.
+
+    Returns:
+        A bool, or a bool array shaped like ``score``.
+
+    Raises:
+        ValueError: an unknown metric.
+    """
     check_metric(metric)
     return score <= threshold if metric == "entropy" else score >= threshold
 
@@ -94,8 +128,12 @@ class ConfidenceScorer:
     __slots__ = ("metric", "threshold", "_max_prob")
 
     def __init__(self, metric: str, threshold: float) -> None:
-        """Raises:
-        ValueError: an unknown metric.
+        """Args:
+            metric: max_prob, margin or entropy.
+            threshold: the score at which the edge answers alone.
+
+        Raises:
+            ValueError: an unknown metric.
         """
         self.metric: Metric = check_metric(metric)
         self.threshold = float(threshold)
@@ -123,7 +161,15 @@ _EDGE_ONLY = Decision("edge", Reason.EDGE_ONLY)
 
 
 def edge_skip_reason(failed_probe: str | None, model_loaded: bool) -> Reason | None:
-    """Why the edge model must not run now, or None when it may."""
+    """Why the edge model must not run now.
+
+    Args:
+        failed_probe: the name of the first capacity probe that said no, or None.
+        model_loaded: whether there is an edge model at all.
+
+    Returns:
+        ``model_unavailable``, ``no_capacity:<probe>``, or None when the edge may run.
+    """
     if not model_loaded or failed_probe == "model":
         return Reason.MODEL_UNAVAILABLE
     if failed_probe:
@@ -176,6 +222,20 @@ def route(
 
     The same table as :func:`decide`, for callers that have a score and a threshold rather than a verdict.
 
+    Args:
+        mode: auto, edge_only or cloud_only.
+        edge_score: the edge output's score, or None when the edge did not run.
+        threshold: the routing threshold, in ``metric``.
+        metric: max_prob, margin or entropy.
+        edge_skip: why the edge did not run, when it did not.
+        cloud_configured: whether there is a cloud to ask.
+        breaker_allows: whether the circuit breaker would let a request through now.
+        time_left_s: what is left of the call's deadline.
+        min_cloud_s: a cloud call is not started with less time left than this.
+
+    Returns:
+        The action and its reason.
+
     Raises:
         ValueError: an unknown mode or metric.
     """
@@ -189,7 +249,17 @@ def route(
 def cloud_blocker(
     cloud_configured: bool, breaker_allows: bool, time_left_s: float, min_cloud_s: float
 ) -> Reason | None:
-    """Why a cloud call cannot be made now, or None when it can."""
+    """Why a cloud call cannot be made now.
+
+    Args:
+        cloud_configured: whether there is a cloud to ask.
+        breaker_allows: whether the circuit breaker would let a request through now.
+        time_left_s: what is left of the call's deadline.
+        min_cloud_s: a cloud call is not started with less time left than this.
+
+    Returns:
+        ``cloud_unavailable``, ``deadline`` or ``circuit_open``; None when a call can be made.
+    """
     if not cloud_configured:
         return Reason.CLOUD_UNAVAILABLE
     if time_left_s < min_cloud_s:
@@ -200,7 +270,16 @@ def cloud_blocker(
 
 
 def after_cloud_failure(mode: str, have_edge: bool, error_reason: str) -> Decision:
-    """The cloud was asked and failed: fall back to the edge answer if there is one."""
+    """The cloud was asked and failed: fall back to the edge answer if there is one.
+
+    Args:
+        mode: the mode (only auto falls back).
+        have_edge: whether there is an edge answer to fall back to.
+        error_reason: the CloudError's reason (connection, timeout, http_500, deadline, ...).
+
+    Returns:
+        ("edge", why) to answer from the edge, or ("fail", why) when nobody can answer.
+    """
     reason = Reason.cloud_failed(error_reason)
     if have_edge and mode == "auto":
         return Decision("edge", reason)

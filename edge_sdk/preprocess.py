@@ -82,7 +82,19 @@ DEFAULT_LIMITS = ImageLimits()
 
 
 def load_image(src: ImageInput, *, color: str = "bgr", limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Any accepted input -> HxWx3 uint8 RGB. ``color`` says how to read 3/4-channel arrays."""
+    """Decode or convert any accepted input.
+
+    Args:
+        src: a path, encoded bytes (PNG, JPEG, BMP, WebP), or a uint8 array (HxW, HxWx1, HxWx3, HxWx4).
+        color: how to read a 3/4-channel array: bgr (OpenCV's order) or rgb.
+        limits: inputs over these are refused before they are decoded.
+
+    Returns:
+        HxWx3 uint8 RGB.
+
+    Raises:
+        InvalidImageError: not an image this SDK accepts (``kind`` says why).
+    """
     if isinstance(src, np.ndarray):
         return _from_array(src, color, limits)
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -95,7 +107,18 @@ def load_image(src: ImageInput, *, color: str = "bgr", limits: ImageLimits = DEF
 
 
 def decode_bytes(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Encoded image -> HxWx3 uint8 RGB, refusing oversize images from their header."""
+    """Decode an encoded image, refusing oversize ones from their header.
+
+    Args:
+        data: PNG, JPEG, BMP or WebP bytes.
+        limits: the byte and pixel limits.
+
+    Returns:
+        HxWx3 uint8 RGB.
+
+    Raises:
+        InvalidImageError: empty, over a limit, an unsupported format, truncated or undecodable.
+    """
     if not data:
         raise InvalidImageError("empty image: 0 bytes")
     if len(data) > limits.max_bytes:
@@ -118,7 +141,20 @@ def decode_bytes(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarra
 
 
 def resize(rgb: np.ndarray, height: int, width: int, mode: str = "stretch") -> np.ndarray:
-    """Resize to (height, width) by stretch, letterbox (pad with 0) or center crop."""
+    """Resize to the model's input.
+
+    Args:
+        rgb: an HxWxC image.
+        height: the target height.
+        width: the target width.
+        mode: stretch, letterbox (pad with 0) or center_crop.
+
+    Returns:
+        The image at (height, width); ``rgb`` itself when it already is.
+
+    Raises:
+        ValueError: an unknown mode.
+    """
     h, w = rgb.shape[:2]
     if (h, w) == (height, width):
         return rgb
@@ -141,7 +177,16 @@ def resize(rgb: np.ndarray, height: int, width: int, mode: str = "stretch") -> n
 
 
 def normalize(rgb: np.ndarray, inp: InputSpec, pp: PreprocessSpec) -> np.ndarray:
-    """Resized RGB uint8 -> float32 HxWxC as the model expects."""
+    """Scale and normalise resized pixels.
+
+    Args:
+        rgb: HxWx3 uint8 RGB at the model's size.
+        inp: the model's input (1 channel: converted to grey first).
+        pp: scale, mean and std.
+
+    Returns:
+        float32 HxWxC as the model expects.
+    """
     img = rgb
     if inp.channels == 1:
         img = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
@@ -156,7 +201,15 @@ def normalize(rgb: np.ndarray, inp: InputSpec, pp: PreprocessSpec) -> np.ndarray
 
 
 def quantize(x: np.ndarray, q: QuantParams) -> np.ndarray:
-    """float32 -> the edge model's int8/uint8 input, with the model's own scale."""
+    """Quantize a float input.
+
+    Args:
+        x: float32 from :func:`normalize`.
+        q: the edge model's input quantization.
+
+    Returns:
+        The model's int8/uint8 input (rounded, clipped).
+    """
     info = np.iinfo(q.dtype)
     v = np.rint(x / np.float32(q.scale)) + q.zero_point
     out: np.ndarray = np.clip(v, info.min, info.max).astype(q.dtype)
@@ -164,7 +217,15 @@ def quantize(x: np.ndarray, q: QuantParams) -> np.ndarray:
 
 
 def dequantize(v: np.ndarray, q: QuantParams) -> np.ndarray:
-    """The edge model's int8/uint8 output -> float32 with the model's own scale."""
+    """Dequantize an output.
+
+    Args:
+        v: the edge model's int8/uint8 output.
+        q: its quantization.
+
+    Returns:
+        float32 values.
+    """
     out: np.ndarray = (v.astype(np.float32) - np.float32(q.zero_point)) * np.float32(q.scale)
     return out
 
@@ -178,14 +239,42 @@ def preprocess(
     quant: QuantParams | None = None,
     limits: ImageLimits = DEFAULT_LIMITS,
 ) -> np.ndarray:
-    """One input -> HxWxC model tensor: float32, or quantized when ``quant`` is given."""
+    """The one preprocessing path: decode, resize, normalise (and quantize).
+
+    Args:
+        src: as for :func:`load_image`.
+        inp: the model's input.
+        pp: its preprocessing.
+        color: as for :func:`load_image`.
+        quant: quantize with these parameters (None: float32).
+        limits: as for :func:`load_image`.
+
+    Returns:
+        The HxWxC model tensor.
+
+    Raises:
+        InvalidImageError: as for :func:`load_image`.
+    """
     rgb = load_image(src, color=color, limits=limits)
     x = normalize(resize(rgb, inp.height, inp.width, pp.resize), inp, pp)
     return quantize(x, quant) if quant is not None else x
 
 
 def preprocess_batch(srcs: Sequence[ImageInput], inp: InputSpec, pp: PreprocessSpec, **kw: Any) -> np.ndarray:
-    """Several inputs -> NxHxWxC; raises on the first bad one, naming its index."""
+    """:func:`preprocess` for several inputs.
+
+    Args:
+        srcs: the inputs.
+        inp: the model's input.
+        pp: its preprocessing.
+        **kw: :func:`preprocess`'s keyword arguments.
+
+    Returns:
+        NxHxWxC.
+
+    Raises:
+        InvalidImageError: the first bad input (the message names its index), or no inputs.
+    """
     out = []
     for i, s in enumerate(srcs):
         try:
@@ -198,7 +287,17 @@ def preprocess_batch(srcs: Sequence[ImageInput], inp: InputSpec, pp: PreprocessS
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
-    """RGB uint8 -> PNG bytes (lossless), the inverse of :func:`decode_bytes`."""
+    """Encode losslessly, the inverse of :func:`decode_bytes`.
+
+    Args:
+        rgb: HxWx3 uint8 RGB.
+
+    Returns:
+        PNG bytes.
+
+    Raises:
+        InvalidImageError: OpenCV could not encode it.
+    """
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise InvalidImageError("could not encode PNG")
@@ -224,6 +323,18 @@ def encode_webp_lossless(rgb: np.ndarray) -> bytes:
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """Encode as JPEG.
+
+    Args:
+        rgb: HxWx3 uint8 RGB.
+        quality: 0-100.
+
+    Returns:
+        JPEG bytes.
+
+    Raises:
+        InvalidImageError: OpenCV could not encode it.
+    """
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise InvalidImageError("could not encode JPEG")

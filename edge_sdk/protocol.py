@@ -130,6 +130,11 @@ class InferInput:
     values: np.ndarray | tuple[bytes, ...]
 
     def json_tensor(self) -> dict[str, Any]:
+        """This input as a JSON tensor (BYTES elements as base64 text).
+
+        Returns:
+            The tensor object, with its data inline.
+        """
         if isinstance(self.values, tuple):  # BYTES in JSON: base64 text, as this service and its clients agree
             data: list[Any] = [base64.b64encode(b).decode("ascii") for b in self.values]
         else:
@@ -137,6 +142,11 @@ class InferInput:
         return {"name": self.name, "shape": list(self.shape), "datatype": self.datatype, "data": data}
 
     def binary_tensor(self) -> tuple[dict[str, Any], bytes]:
+        """This input for the binary tensor data extension.
+
+        Returns:
+            The tensor object (its size in ``parameters.binary_data_size``, no data) and its raw bytes.
+        """
         raw = pack_bytes(self.values) if isinstance(self.values, tuple) else numeric_bytes(self.values, self.datatype)
         meta = {"name": self.name, "shape": list(self.shape), "datatype": self.datatype,
                 "parameters": {binary.SIZE_PARAM: len(raw)}}
@@ -156,13 +166,25 @@ class InferPayload:
         return {} if self.request_id is None else {"id": self.request_id}
 
     def json_doc(self) -> dict[str, Any]:
+        """The request as a JSON document, every tensor's data inline.
+
+        Returns:
+            The document, ready for ``json.dumps``.
+        """
         doc: dict[str, Any] = {**self._header(), "inputs": [t.json_tensor() for t in self.inputs]}
         if self.outputs:
             doc["outputs"] = [{"name": o} for o in self.outputs]
         return doc
 
     def encode(self, binary_data: bool) -> Encoded:
-        """The body and headers: plain JSON, or binary inputs asking for binary outputs."""
+        """The body and headers: plain JSON, or binary inputs asking for binary outputs.
+
+        Args:
+            binary_data: send the inputs with the binary tensor data extension (only to a server that lists it).
+
+        Returns:
+            The body and its ``Content-Type`` (and ``Inference-Header-Content-Length`` when binary).
+        """
         if not binary_data:
             body = json.dumps(self.json_doc(), separators=(",", ":"), allow_nan=False).encode()
             return Encoded(body, {"Content-Type": "application/json"})
@@ -178,14 +200,35 @@ class InferPayload:
 
 def images_payload(images: Sequence[bytes], request_id: str | None = None,
                    outputs: tuple[str, ...] = ()) -> InferPayload:
-    """A request carrying encoded images (PNG/JPEG/...) as a BYTES tensor [N]."""
+    """A request carrying encoded images (PNG/JPEG/...) as a BYTES tensor [N].
+
+    Args:
+        images: the encoded files, one per image.
+        request_id: the request's ``id``, or None for none.
+        outputs: the outputs to ask for; empty asks for every output.
+
+    Returns:
+        The request, not yet encoded.
+    """
     items = tuple(bytes(b) for b in images)
     return InferPayload((InferInput(INPUT_NAME, "BYTES", (len(items),), items),), outputs, request_id)
 
 
 def tensor_payload(batch: np.ndarray, request_id: str | None = None,
                    outputs: tuple[str, ...] = ()) -> InferPayload:
-    """A request carrying an NHWC UINT8 (raw RGB pixels) or FP32 (preprocessed) tensor."""
+    """A request carrying an NHWC UINT8 (raw RGB pixels) or FP32 (preprocessed) tensor.
+
+    Args:
+        batch: the images, [N, H, W, C], uint8 or float32.
+        request_id: the request's ``id``, or None for none.
+        outputs: the outputs to ask for; empty asks for every output.
+
+    Returns:
+        The request, not yet encoded.
+
+    Raises:
+        ValueError: the batch is neither uint8 nor float32, or not four-dimensional.
+    """
     dt: Datatype
     if batch.dtype == np.uint8:
         dt = "UINT8"
@@ -199,17 +242,43 @@ def tensor_payload(batch: np.ndarray, request_id: str | None = None,
 
 
 def images_request(images: Sequence[bytes], request_id: str | None = None) -> dict[str, Any]:
-    """An infer request (JSON) carrying encoded images (PNG/JPEG/...) as base64 BYTES."""
+    """An infer request (JSON) carrying encoded images (PNG/JPEG/...) as base64 BYTES.
+
+    Args:
+        images: the encoded files, one per image.
+        request_id: the request's ``id``, or None for none.
+
+    Returns:
+        The JSON document.
+    """
     return images_payload(images, request_id).json_doc()
 
 
 def tensor_request(batch: np.ndarray, request_id: str | None = None) -> dict[str, Any]:
-    """An infer request (JSON) carrying an NHWC UINT8 (raw RGB pixels) or FP32 (preprocessed) tensor."""
+    """An infer request (JSON) carrying an NHWC UINT8 (raw RGB pixels) or FP32 (preprocessed) tensor.
+
+    Args:
+        batch: the images, [N, H, W, C], uint8 or float32.
+        request_id: the request's ``id``, or None for none.
+
+    Returns:
+        The JSON document.
+
+    Raises:
+        ValueError: the batch is neither uint8 nor float32, or not four-dimensional.
+    """
     return tensor_payload(batch, request_id).json_doc()
 
 
 def read_response(content: bytes, header_length: str | None) -> tuple[Any, memoryview]:
     """An infer response body -> (its JSON, the binary data after it).
+
+    Args:
+        content: the response body.
+        header_length: its ``Inference-Header-Content-Length`` header, or None when it had none.
+
+    Returns:
+        The decoded JSON part and a view of the binary data after it.
 
     Raises:
         ValueError: not JSON, or a header length that does not fit (ProtocolError).
@@ -222,8 +291,18 @@ def parse_outputs(body: Any, n: int, num_classes: int,
                   data: bytes | memoryview = b"") -> tuple[np.ndarray, list[str] | None]:
     """Validate an infer response for n images: probabilities [n, C] FP32, labels [n] (optional).
 
-    ``data`` is the binary data after the JSON, for outputs that carry ``binary_data_size``.
-    Raises ValueError naming what is wrong, so a client can treat a bad answer as a failure.
+    Args:
+        body: the response's JSON part, decoded.
+        n: how many images the request carried.
+        num_classes: how many classes the model has.
+        data: the binary data after the JSON, for outputs that carry ``binary_data_size``.
+
+    Returns:
+        The probabilities [n, C] as float32, and the labels when the response has them.
+
+    Raises:
+        ValueError: naming what is wrong (a ProtocolError when the binary data does not frame), so a client can
+            treat a bad answer as a failure.
     """
     resp = InferResponse.model_validate(body)
     raws = slice_data([(t.name, binary_size(t.parameters, t.name)) for t in resp.outputs], memoryview(data))

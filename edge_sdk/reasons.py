@@ -71,14 +71,26 @@ class Reason(StrEnum):
 
     @classmethod
     def no_capacity(cls, probe: str) -> Reason:
-        """The reason for a capacity probe named ``probe`` that said no."""
+        """The reason for a capacity probe that said no.
+
+        Args:
+            probe: the probe's name (memory, cpu, inflight, battery, ...).
+
+        Returns:
+            ``no_capacity:<probe>``.
+        """
         return cls(f"{NO_CAPACITY}:{probe}")
 
     @classmethod
     def cloud_failed(cls, cause: str) -> Reason:
-        """The reason for a failed cloud call whose CloudError reason is ``cause``.
+        """The reason for a failed cloud call.
 
-        Causes that are reasons of their own (deadline, circuit_open, cloud_unavailable) stay plain.
+        Args:
+            cause: the CloudError's reason (connection, timeout, http_500, deadline, ...).
+
+        Returns:
+            ``cloud_error:<cause>``; causes that are reasons of their own (deadline, circuit_open,
+            cloud_unavailable) stay plain.
         """
         if cause in _PLAIN_CLOUD_FAILURES:
             return cls(cause)

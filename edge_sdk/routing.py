@@ -95,6 +95,14 @@ class Outcome(Generic[Out, CloudOut]):
 
     def __init__(self, staged: Staged, index: int | None, edge: Out | None, verdict: Verdict | None,
                  skip: Reason | None, decision: Decision) -> None:
+        """Args:
+            staged: the image.
+            index: its place in a batch (None for predict), for error messages.
+            edge: the edge output, None when the edge did not run.
+            verdict: the scorer's verdict on ``edge``.
+            skip: why the edge did not run.
+            decision: who the routing table chose.
+        """
         self.staged = staged
         self.index = index  # its place in a batch (None for predict), for error messages
         self.edge = edge  # the edge output, None when the edge did not run
@@ -125,6 +133,17 @@ class Router(Generic[Out, CloudOut, Ans]):
         ask_cloud: AskCloud[CloudOut],
         build: Callable[[Outcome[Out, CloudOut]], Ans],
     ) -> None:
+        """Args:
+            routing: mode, deadline, probes (the probes come separately, made).
+            edge_options: the input limits (threads and backend are the task's business).
+            input_spec: the model's input size, to stage images for.
+            preprocess_spec: how to resize them.
+            edge: the first edge version (its ``run`` None when the model did not load).
+            probes: capacity probes asked before each edge inference while the cloud could answer.
+            cloud: the cloud client, or None (its breaker is peeked at, never driven, here).
+            ask_cloud: the task's cloud request (see :class:`AskCloud`).
+            build: the task's answer from an :class:`Outcome`.
+        """
         self.mode = routing.mode
         self.deadline_ms = routing.deadline_ms
         self.min_time_for_cloud_s = routing.min_time_for_cloud_ms / 1000.0
@@ -143,7 +162,21 @@ class Router(Generic[Out, CloudOut, Ans]):
     # --- the two entry points ------------------------------------------------------------------
 
     def predict(self, image: ImageInput, color: str = "bgr", deadline_ms: float | None = None) -> Ans:
-        """One image through the routing path. Raises InvalidImageError, or when nobody can answer."""
+        """One image through the routing path.
+
+        Args:
+            image: a path, encoded bytes, or a uint8 array.
+            color: how to read a 3/4-channel array: bgr or rgb.
+            deadline_ms: this call's limit (default: the options').
+
+        Returns:
+            The task's answer.
+
+        Raises:
+            InvalidImageError: the input is not an accepted image.
+            CloudUnavailableError: the cloud was needed and failed, and there is no edge answer.
+            ModelLoadError: edge_only (or no cloud) and no edge model.
+        """
         t0 = time.perf_counter()
         deadline = time.monotonic() + (deadline_ms or self.deadline_ms) / 1000.0
         try:
@@ -156,8 +189,21 @@ class Router(Generic[Out, CloudOut, Ans]):
     def predict_batch(
         self, images: Sequence[ImageInput], color: str = "bgr", deadline_ms: float | None = None
     ) -> list[Ans]:
-        """Every image through the same path, the ones for the cloud in ONE request. A bad input raises
-        InvalidImageError naming its index, before any inference."""
+        """Every image through the same path, the ones for the cloud in ONE request.
+
+        Args:
+            images: as for :meth:`predict`.
+            color: as for :meth:`predict`.
+            deadline_ms: the whole batch's limit.
+
+        Returns:
+            One answer per image, in order.
+
+        Raises:
+            InvalidImageError: a bad input (the message names its index), before any inference.
+            CloudUnavailableError: an image nobody could answer (named by index).
+            ModelLoadError: as for :meth:`predict`.
+        """
         t0 = time.perf_counter()
         deadline = time.monotonic() + (deadline_ms or self.deadline_ms) / 1000.0
         staged = []
@@ -172,7 +218,18 @@ class Router(Generic[Out, CloudOut, Ans]):
         return self._answer(staged, range(len(staged)), t0, deadline)
 
     def stage(self, image: ImageInput, color: str = "bgr") -> Staged:
-        """Decode and resize (edge_sdk.preprocess): what the edge runs on and an upload is made from."""
+        """Decode and resize (edge_sdk.preprocess): what the edge runs on and an upload is made from.
+
+        Args:
+            image: a path, encoded bytes, or a uint8 array.
+            color: how to read a 3/4-channel array.
+
+        Returns:
+            The image, full size and model size.
+
+        Raises:
+            InvalidImageError: the input is not an accepted image.
+        """
         rgb = load_image(image, color=color, limits=self.limits)
         height, width, how = self._size
         return Staged(image, rgb, resize(rgb, height, width, how))
@@ -180,10 +237,19 @@ class Router(Generic[Out, CloudOut, Ans]):
     # --- observers ----------------------------------------------------------------------------------
 
     def add_observer(self, observer: Observer[Ans]) -> None:
-        """Call ``observer(staged, answer)`` after every final answer, in the calling thread."""
+        """Call ``observer(staged, answer)`` after every final answer, in the calling thread.
+
+        Args:
+            observer: called after stats; an exception it raises is logged and counted, never passed on.
+        """
         self._observers = (*self._observers, observer)
 
     def remove_observer(self, observer: Observer[Ans]) -> None:
+        """Stop calling ``observer``.
+
+        Args:
+            observer: one added with :meth:`add_observer` (anything else is ignored).
+        """
         self._observers = tuple(o for o in self._observers if o is not observer)
 
     # --- the path -----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ the same invoke.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import logging
@@ -31,11 +32,13 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import ModelLoadError
+from .nativelog import native_stderr_silenced
 from .preprocess import InputSpec, PreprocessSpec, QuantParams, dequantize, normalize, quantize
 
 log = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+_first_interpreter = True
 
 
 Interpreter = Any  # a TFLite Interpreter of whichever backend (they share the API, not a type)
@@ -60,7 +63,17 @@ def _load_backend(name: str) -> Callable[..., Interpreter]:
 
 
 def find_interpreter(preferred: Sequence[str] = BACKENDS) -> tuple[str, Callable[..., Any]]:
-    """The first backend of ``preferred`` that imports, and its Interpreter class."""
+    """Find an installed interpreter.
+
+    Args:
+        preferred: backend names to try, in order.
+
+    Returns:
+        The first that imports, and its Interpreter class.
+
+    Raises:
+        ModelLoadError: none is installed (the message says how to install one).
+    """
     errors = []
     for name in preferred:
         try:
@@ -98,31 +111,55 @@ class PixelQuantizer:
     images when built; if it ever disagreed the direct path would be used.
     """
 
-    def __init__(self, inp: InputSpec, pp: PreprocessSpec, quant: QuantParams):
+    def __init__(self, inp: InputSpec, pp: PreprocessSpec, quant: QuantParams) -> None:
+        """Build the table and check it against the direct path.
+
+        Args:
+            inp: the model's input.
+            pp: its preprocessing.
+            quant: its input quantization.
+        """
         self.inp, self.pp, self.quant = inp, pp, quant
         ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # 1x256x3, R=G=B=v
         table = quantize(normalize(ramp, inp, pp), quant)[0]  # 256 x C
         per_channel = inp.channels == 3 and not (table == table[:, :1]).all()
         # cv2.LUT's table: 256 entries, one channel (the same for R, G, B) or one per channel
         self._lut = np.ascontiguousarray(table.reshape(256, 1, 3) if per_channel else table[:, 0])
+        self._grey = inp.channels == 1
         rng = np.random.default_rng(0)
         probes = [rng.integers(0, 256, (inp.height, inp.width, 3), dtype=np.uint8) for _ in range(3)]
         probes.append(np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2))
         self.exact = all(np.array_equal(self._lookup(p), self.direct(p)) for p in probes)
         if not self.exact:
             log.warning("pixel quantization table disagrees with preprocess; using the direct path")
+        # what a call runs, chosen once: the table, or the direct path if the table ever disagreed
+        self.quantize_pixels: Callable[[np.ndarray], np.ndarray] = self._lookup if self.exact else self.direct
 
     def direct(self, rgb: np.ndarray) -> np.ndarray:
+        """Args:
+            rgb: resized HxWx3 uint8 RGB.
+
+        Returns:
+            normalize then quantize (edge_sdk.preprocess): what the table must equal.
+        """
         return quantize(normalize(rgb, self.inp, self.pp), self.quant)
 
     def _lookup(self, rgb: np.ndarray) -> np.ndarray:
         """The table look-up (cv2.LUT: one pass in C, several times faster than numpy's fancy indexing)."""
-        if self.inp.channels == 1:
-            return cv2.LUT(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), self._lut)[..., None]
-        return cv2.LUT(rgb, self._lut)
+        if self._grey:
+            out: np.ndarray = cv2.LUT(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), self._lut)[..., None]
+            return out
+        out = cv2.LUT(rgb, self._lut)
+        return out
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        return self._lookup(rgb) if self.exact else self.direct(rgb)
+        """Args:
+            rgb: resized HxWx3 uint8 RGB.
+
+        Returns:
+            The model's integer input, HxWxC.
+        """
+        return self.quantize_pixels(rgb)
 
 
 
@@ -246,6 +283,14 @@ class LocalModel:
     ) -> LocalModel:
         """The bundle's ``edge`` model (format tflite-int8), checked against the manifest's sha256 and quantization.
 
+        Args:
+            bundle: a loaded bundle.
+            num_threads: interpreter threads.
+            backend: backend(s) to try.
+
+        Returns:
+            The model.
+
         Raises:
             ModelLoadError: no edge model, another format, or the model fails to load (see ``__init__``).
         """
@@ -262,9 +307,13 @@ class LocalModel:
     # --- per-thread interpreters -------------------------------------------------
 
     def _new_interpreter(self) -> Interpreter:
+        global _first_interpreter
         try:
-            interp = self._interpreter_cls(model_content=self._content, num_threads=self.num_threads)
-            interp.allocate_tensors()
+            # LiteRT announces its XNNPACK delegate on the first interpreter of a process
+            with native_stderr_silenced() if _first_interpreter else contextlib.nullcontext():
+                interp = self._interpreter_cls(model_content=self._content, num_threads=self.num_threads)
+                interp.allocate_tensors()
+            _first_interpreter = False
         except (ValueError, RuntimeError) as e:
             raise ModelLoadError(
                 f"{self.source}: the {self.backend} interpreter cannot load this model: {e}"
@@ -288,7 +337,14 @@ class LocalModel:
     # --- inference -----------------------------------------------------------------
 
     def predict_quantized(self, xq: np.ndarray) -> np.ndarray:
-        """One already-quantized HxWxC (or 1xHxWxC) input -> probabilities [C] float32."""
+        """Run the model.
+
+        Args:
+            xq: one already-quantized HxWxC (or 1xHxWxC) input.
+
+        Returns:
+            Probabilities [C], float32.
+        """
         interp, i_in, i_out, _ = self._slot()
         interp.set_tensor(i_in, xq.reshape(self._batch_shape))
         interp.invoke()
@@ -318,24 +374,47 @@ class LocalModel:
         return out
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
-        """float32 HxWxC as edge_sdk.preprocess makes it -> the model's integer input."""
+        """Args:
+            x: float32 HxWxC as edge_sdk.preprocess makes it.
+
+        Returns:
+            The model's integer input.
+        """
         return quantize(x, self.input_quant)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """One float32 HxWxC input (from edge_sdk.preprocess) -> probabilities [C]."""
+        """Run the model on a float (or already quantized) input.
+
+        Args:
+            x: one HxWxC input from edge_sdk.preprocess.
+
+        Returns:
+            Probabilities [C].
+        """
         if x.dtype == self._input_dtype:
             return self.predict_quantized(x)
         return self.predict_quantized(self.quantize_input(x))
 
     def predict_batch(self, xs: np.ndarray) -> np.ndarray:
-        """N inputs (float32 or already quantized) -> probabilities [N, C], one invoke each."""
+        """Run the model on several inputs, one invoke each.
+
+        Args:
+            xs: N inputs (float32 or already quantized).
+
+        Returns:
+            Probabilities [N, C].
+        """
         out = np.empty((len(xs), self.num_classes), np.float32)
         for i, x in enumerate(xs):
             out[i] = self.predict(x)
         return out
 
     def check_fits(self, inp: InputSpec, num_classes: int) -> None:
-        """Raise ModelLoadError unless this model takes ``inp``'s shape and gives ``num_classes`` outputs.
+        """Check that this model fits a bundle.
+
+        Args:
+            inp: the bundle's input.
+            num_classes: how many labels it has.
 
         Raises:
             ModelLoadError: the input shape or the number of classes differs.
@@ -347,10 +426,20 @@ class LocalModel:
             raise ModelLoadError(f"edge model has {self.num_classes} outputs for {num_classes} labels")
 
     def dequantize_output(self, q: np.ndarray) -> np.ndarray:
+        """Args:
+            q: the model's integer output.
+
+        Returns:
+            float32 probabilities.
+        """
         return dequantize(q, self.output_quant)
 
     def bare_interpreter(self) -> Interpreter:
-        """A fresh interpreter of the same model (for benchmarks that compare against the bare invoke)."""
+        """For benchmarks that compare against the bare invoke.
+
+        Returns:
+            A fresh interpreter of the same model.
+        """
         return self._new_interpreter()
 
     def __repr__(self) -> str:

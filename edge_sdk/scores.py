@@ -23,7 +23,7 @@ are checked with it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -353,6 +353,36 @@ ROUTING_METRICS: tuple[str, ...] = get_args(RoutingMetric)
 LOWER_IS_CONFIDENT = frozenset({"entropy", "deferral"})
 OODAction = Literal["cloud", "unknown", "ignore"]  # what the device does with a frame flagged out of distribution
 OOD_ACTIONS: tuple[str, ...] = get_args(OODAction)
+
+
+def check_routing_metric(metric: str) -> RoutingMetric:
+    """Args:
+        metric: a routing metric's name.
+
+    Returns:
+        ``metric``, typed as a :data:`RoutingMetric`.
+
+    Raises:
+        ValueError: it is not one of :data:`ROUTING_METRICS` (the message names them).
+    """
+    if metric not in ROUTING_METRICS:
+        raise ValueError(f"unknown routing metric {metric!r}; choose from {', '.join(ROUTING_METRICS)}")
+    return cast(RoutingMetric, metric)
+
+
+def check_ood_action(action: str) -> OODAction:
+    """Args:
+        action: what to do with a frame flagged out of distribution.
+
+    Returns:
+        ``action``, typed as an :data:`OODAction`.
+
+    Raises:
+        ValueError: it is not one of :data:`OOD_ACTIONS` (the message names them).
+    """
+    if action not in OOD_ACTIONS:
+        raise ValueError(f"unknown out_of_distribution {action!r}; choose from {', '.join(OOD_ACTIONS)}")
+    return cast(OODAction, action)
 
 
 def calibrated_probs(

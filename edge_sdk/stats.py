@@ -31,6 +31,14 @@ class LatencySummary:
 
     @classmethod
     def of(cls, values: np.ndarray) -> LatencySummary:
+        """Summarize latencies.
+
+        Args:
+            values: milliseconds, any order.
+
+        Returns:
+            Count, mean and percentiles (all None for no values).
+        """
         if not values.size:
             return cls(0)
         p50, p95, p99 = (float(v) for v in np.percentile(values, (50, 95, 99)))
@@ -66,7 +74,11 @@ class Stats:
     model: ModelState
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dicts all the way down (for JSON)."""
+        """Plain dicts all the way down.
+
+        Returns:
+            The snapshot as JSON-ready dicts.
+        """
         return asdict(self)
 
 
@@ -74,6 +86,9 @@ class StatsRecorder:
     """Counts and a window of recent latencies: per answer, one lock, one counter, one append."""
 
     def __init__(self, window: int = 10_000) -> None:
+        """Args:
+        window: how many recent answers the latency percentiles cover.
+        """
         self._lock = threading.Lock()
         self._answers: Counter[tuple[str, str]] = Counter()  # (source, reason) -> answers
         self._errors: Counter[str] = Counter()
@@ -81,7 +96,14 @@ class StatsRecorder:
         self._recent: deque[tuple[float | None, ...]] = deque(maxlen=window)  # latency by LATENCY_KINDS
 
     def record(self, source: str, reason: str, bytes_sent: int, latency_ms: Mapping[str, float]) -> None:
-        """One final answer."""
+        """Count one final answer.
+
+        Args:
+            source: edge or cloud.
+            reason: why.
+            bytes_sent: what the answer cost in upload.
+            latency_ms: its latencies by kind (total, edge, cloud; others are ignored).
+        """
         recent = (latency_ms.get("total"), latency_ms.get("edge"), latency_ms.get("cloud"))
         with self._lock:
             self._answers[source, reason] += 1
@@ -89,7 +111,11 @@ class StatsRecorder:
             self._recent.append(recent)
 
     def record_error(self, kind: str) -> None:
-        """One failure that produced no answer (invalid_image, edge_inference, or the reason nobody answered)."""
+        """Count one failure.
+
+        Args:
+            kind: invalid_image, edge_inference, observer, or the reason nobody answered.
+        """
         with self._lock:
             self._errors[kind] += 1
 
@@ -97,7 +123,19 @@ class StatsRecorder:
         self, *, mode: str, metric: str, threshold: float, upload: str, breaker: BreakerSnapshot | None,
         model: ModelState,
     ) -> Stats:
-        """The counters now, with the configuration the caller adds."""
+        """The counters now, with the configuration the caller adds.
+
+        Args:
+            mode: the model's mode.
+            metric: its routing metric.
+            threshold: its routing threshold.
+            upload: what it uploads.
+            breaker: its breaker's state, or None without a cloud.
+            model: the edge model serving now.
+
+        Returns:
+            A typed snapshot.
+        """
         with self._lock:
             answers, sent = dict(self._answers), self._bytes_sent
             errors = {str(k): n for k, n in self._errors.items()}

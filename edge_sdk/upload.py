@@ -50,7 +50,17 @@ class Staged:
 
 
 def check_upload(upload: str) -> Upload:
-    """``upload`` if it is one of :data:`UPLOADS`; else a ValueError naming the choices."""
+    """``upload`` if it is one of :data:`UPLOADS`; else a ValueError naming the choices.
+
+    Args:
+        upload: the upload option as given.
+
+    Returns:
+        The same value, typed as :data:`Upload`.
+
+    Raises:
+        ValueError: ``upload`` is not one of :data:`UPLOADS`.
+    """
     if upload not in UPLOADS:
         raise ValueError(f"unknown upload {upload!r}; choose from {', '.join(UPLOADS)}")
     return upload  # type: ignore[return-value]
@@ -65,6 +75,19 @@ def build_request(items: Sequence[Staged], upload: str, channels: int = 3, jpeg_
     For a 1-channel model a tensor upload carries grey pixels (a third of the
     bytes): the server's preprocessing turns them back into exactly the grey
     values it would have computed from RGB.
+
+    Args:
+        items: the staged images of one request.
+        upload: one of :data:`UPLOADS` (auto, lossless, jpeg, original, tensor).
+        channels: the model's input channels (1: a tensor upload carries grey pixels).
+        jpeg_quality: the JPEG quality of a jpeg upload.
+
+    Returns:
+        The request, not yet encoded as JSON or binary.
+
+    Raises:
+        ValueError: an unknown ``upload``.
+        InvalidImageError: an original upload whose file can no longer be read.
     """
     if upload == "tensor":
         if channels == 1:
@@ -83,14 +106,35 @@ def build_request(items: Sequence[Staged], upload: str, channels: int = 3, jpeg_
 
 
 def original_budget(resized: np.ndarray, channels: int) -> int:
-    """Bytes under which the caller's file is sent as it is: half a byte per model input value, about what
-    lossless WebP takes for a photo at the model's size (1,538 bytes at 32x32 on CIFAR, whose files are ~920)."""
+    """Bytes under which the caller's file is sent as it is.
+
+    Half a byte per model input value, about what lossless WebP takes for a photo at the model's size
+    (1,538 bytes at 32x32 on CIFAR, whose files are ~920).
+
+    Args:
+        resized: the image at the model's input size.
+        channels: the model's input channels.
+
+    Returns:
+        The byte budget.
+    """
     h, w = resized.shape[:2]
     return int(h * w * channels // 2)
 
 
 def auto_bytes(s: Staged, channels: int = 3) -> bytes:
-    """What ``upload="auto"`` sends for one image (see the module docstring)."""
+    """What ``upload="auto"`` sends for one image (see the module docstring).
+
+    Args:
+        s: the staged image.
+        channels: the model's input channels.
+
+    Returns:
+        The encoded file to upload.
+
+    Raises:
+        InvalidImageError: the image came from a file that can no longer be read.
+    """
     budget = original_budget(s.resized, channels)
     src = s.source
     big_file = isinstance(src, (str, os.PathLike)) and _file_size(src) > budget  # not read again just to drop it
@@ -123,6 +167,16 @@ def _own_bytes(src: ImageInput) -> bytes | None:
 
 
 def original_bytes(s: Staged) -> bytes:
-    """The caller's own encoded bytes when there are any; else a lossless PNG of the decoded pixels."""
+    """The caller's own encoded bytes when there are any; else a lossless PNG of the decoded pixels.
+
+    Args:
+        s: the staged image.
+
+    Returns:
+        The encoded file to upload.
+
+    Raises:
+        InvalidImageError: the image came from a file that can no longer be read.
+    """
     own = _own_bytes(s.source)
     return own if own is not None else encode_png(s.rgb)

@@ -68,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pretend the battery is at this percent (default: read it; 100 if there is none)")
     p.add_argument("--min-battery", type=float, default=20.0,
                    help="run the edge model only at or above this percent [20]")
+    p.add_argument("--max-load-per-core", type=float, default=4.0,
+                   help="the built-in CPU probe: run the edge model only below this load average per core [4]")
     return p.parse_args(argv)
 
 
@@ -84,7 +86,8 @@ def main(argv=None) -> int:
     print(f"battery: {level} -> edge model {verdict}")
     clf = HybridClassifier.from_bundle(
         args.bundle, cloud_url=args.cloud_url, api_key=os.environ.get(args.api_key_env),
-        probes=[*default_probes(), probe],  # the built-in memory/CPU/in-flight probes, then ours
+        # the built-in memory/CPU/in-flight probes, then ours
+        probes=[*default_probes(max_load_per_core=args.max_load_per_core), probe],
     )
     failed = 0
     with clf:

@@ -44,7 +44,7 @@ def classify(clf: HybridClassifier, paths: list[Path], deadline_ms: float) -> li
     """One predict_batch for the batch; if an image in it is bad, each image alone, so only that one fails."""
     try:
         preds = clf.predict_batch(paths, deadline_ms=deadline_ms)
-        return [row(p, pr) for p, pr in zip(paths, preds)]
+        return [row(p, pr) for p, pr in zip(paths, preds, strict=False)]
     except InvalidImageError:
         rows = []
         for p in paths:
@@ -71,7 +71,8 @@ def main(argv=None) -> int:
         print(f"folder_batch: {folder}: no images ({', '.join(sorted(EXTS))})", file=sys.stderr)
         return 2
     mode = "auto" if args.cloud_url else "edge_only"
-    clf = HybridClassifier.from_bundle(args.bundle, cloud_url=args.cloud_url, api_key=os.environ.get(args.api_key_env), mode=mode)
+    clf = HybridClassifier.from_bundle(args.bundle, cloud_url=args.cloud_url, api_key=os.environ.get(args.api_key_env),
+                                       mode=mode)
     rows: list[dict] = []
     with clf:
         for i in range(0, len(paths), args.batch_size):
@@ -83,7 +84,8 @@ def main(argv=None) -> int:
             w.writerow({k: r.get(k, "") for k in FIELDS})
     ok = [r for r in rows if r.get("label")]
     by_source = {s: sum(r["source"] == s for r in ok) for s in ("edge", "cloud")}
-    print(f"classified {len(ok)} of {len(rows)} images (edge {by_source['edge']}, cloud {by_source['cloud']}); wrote {args.out}")
+    print(f"classified {len(ok)} of {len(rows)} images (edge {by_source['edge']}, cloud {by_source['cloud']}); "
+          f"wrote {args.out}")
     labelled = [r for r in ok if Path(r["path"]).parent.name in clf.labels]
     if labelled:
         acc = sum(Path(r["path"]).parent.name == r["label"] for r in labelled) / len(labelled)

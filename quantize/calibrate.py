@@ -93,7 +93,8 @@ def pick_point(curve: Curve, *, min_accuracy: float | None = None, max_offload: 
     else:
         ok = idx[curve.offload <= max_offload + eps]
         best = min(ok, key=lambda i: (-curve.accuracy[i], curve.offload[i]))
-    return Choice(curve.metric, float(curve.thresholds[best]), float(curve.offload[best]), float(curve.accuracy[best]), int(best))
+    return Choice(curve.metric, float(curve.thresholds[best]), float(curve.offload[best]), float(curve.accuracy[best]),
+                  int(best))
 
 
 @dataclass
@@ -168,7 +169,8 @@ def plot_curves(cal: Calibration, path: Path, title: str = "hybrid accuracy vs o
     for m, c in cal.curves.items():
         order = np.argsort(c.offload, kind="stable")
         ax.plot(c.offload[order], 100 * c.accuracy[order], marker=".", ms=3, lw=1.2, label=m)
-    ax.axhline(100 * cal.cloud_accuracy, color="grey", ls="--", lw=1, label=f"cloud only {100 * cal.cloud_accuracy:.2f}%")
+    ax.axhline(100 * cal.cloud_accuracy, color="grey", ls="--", lw=1,
+               label=f"cloud only {100 * cal.cloud_accuracy:.2f}%")
     ax.axhline(100 * cal.edge_accuracy, color="grey", ls=":", lw=1, label=f"edge only {100 * cal.edge_accuracy:.2f}%")
     if cal.max_offload is None:
         ax.axhline(100 * cal.cloud_accuracy - cal.target_gap_points, color="tab:red", ls="-.", lw=0.8,

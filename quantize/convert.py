@@ -128,7 +128,9 @@ def _ai_edge_quantizer_int8(model, rep: np.ndarray, io_dtype: str, progress: boo
     except ImportError as e:
         raise ConversionError("quantizer 'ai-edge-quantizer' needs: pip install ai-edge-quantizer") from e
     if io_dtype != "int8":
-        raise ConversionError("ai-edge-quantizer produces int8 input/output only; use the tflite-converter for uint8 I/O")
+        raise ConversionError(
+            "ai-edge-quantizer produces int8 input/output only; use the tflite-converter for uint8 I/O"
+        )
     from ai_edge_litert.interpreter import Interpreter
 
     float_model = convert_fp32(model)

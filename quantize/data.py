@@ -73,7 +73,7 @@ def write_digits(dest: Path, size: int = DIGITS_SIZE) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=dest.parent))
     try:
-        for i, (img, y) in enumerate(zip(d.images, d.target)):
+        for i, (img, y) in enumerate(zip(d.images, d.target, strict=False)):
             px = np.clip(img * (255.0 / 16.0), 0, 255).astype(np.uint8)
             big = cv2.resize(px, (size, size), interpolation=cv2.INTER_CUBIC)
             cls_dir = tmp / str(int(y))
@@ -170,7 +170,8 @@ def split_from_info(info: DataInfo) -> Split:
 
 
 def load_arrays(
-    items: Sequence[tuple[Path, int]], inp: InputSpec, pp: PreprocessSpec, *, desc: str = "loading", progress: bool = True
+    items: Sequence[tuple[Path, int]], inp: InputSpec, pp: PreprocessSpec, *, desc: str = "loading",
+    progress: bool = True,
 ) -> Arrays:
     """Run every file through the shared preprocessing; unreadable files are skipped and counted."""
     from tqdm.auto import tqdm

@@ -99,7 +99,9 @@ def train_pair(cfg: DemoConfig, dest: Path) -> Bundle:
                                  seed=cfg.seed, progress=cfg.progress))
     base = load_bundle(cfg.bundle)
     if base.manifest.data is None or base.manifest.data.source != "digits" or not base.has("cloud"):
-        raise DemoError(f"--bundle {cfg.bundle}: the demo needs a bundle trained on the built-in digits with a cloud model")
+        raise DemoError(
+            f"--bundle {cfg.bundle}: the demo needs a bundle trained on the built-in digits with a cloud model"
+        )
     files: dict[str, Any] = {"cloud.keras": base.model_path("cloud")}
     man = base.manifest.model_copy(deep=True)
     man.name = BUNDLE_NAMES["big_little"]
@@ -112,11 +114,12 @@ def train_pair(cfg: DemoConfig, dest: Path) -> Bundle:
             files["edge_source.keras"] = base.model_path("edge_source")
             man.models["edge_source"] = base.manifest.models["edge_source"]
         else:
-            _say(f"[1/4] using {cfg.bundle}'s cloud model; training the little edge {cfg.edge_arch} x{cfg.edge_width:g} "
-                 f"({_epochs(cfg)})")
+            _say(f"[1/4] using {cfg.bundle}'s cloud model; training the little edge "
+                 f"{cfg.edge_arch} x{cfg.edge_width:g} ({_epochs(cfg)})")
             info, inp = base.manifest.data, base.manifest.input
             little = train(TrainConfig(
-                data="digits", out=str(Path(td) / "little"), arch=cfg.edge_arch, width=cfg.edge_width, epochs=cfg.epochs,
+                data="digits", out=str(Path(td) / "little"), arch=cfg.edge_arch, width=cfg.edge_width,
+                epochs=cfg.epochs,
                 patience=cfg.patience, seed=info.seed, val_fraction=info.val_fraction, test_fraction=info.test_fraction,
                 input_size=inp.height, grayscale=inp.channels == 1, resize=base.manifest.preprocess.resize,
                 progress=cfg.progress,
@@ -163,7 +166,8 @@ def run_evaluate(bundle: Path, url: str, key: str, out: Path, cfg: DemoConfig) -
     cmd = [sys.executable, "-m", "edge_sdk.cli", "evaluate", str(bundle), "--data", "digits", "--cloud-url", url,
            "--upload", cfg.upload, "--out", str(out), *([] if cfg.progress else ["--quiet"])]
     env = {**os.environ, "HV_API_KEY": key, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)  # stderr: progress bars
+    # stderr (the progress bars) goes to ours
+    r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluate.txt").write_text(r.stdout, encoding="utf-8")
     if r.returncode != 0:
@@ -193,7 +197,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     with signals_interrupt():
         if cfg.reuse:
             if not _reusable(paths):
-                raise DemoError(f"--reuse: {out}/bundles holds no quantized bundles from an earlier demo; run without --reuse")
+                raise DemoError(
+                    f"--reuse: {out}/bundles holds no quantized bundles from an earlier demo; run without --reuse"
+                )
             _say(f"[1-2/4] reusing the quantized bundles in {out / 'bundles'}")
         else:
             out.mkdir(parents=True, exist_ok=True)
@@ -224,8 +230,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         _say(f"      cloud service stopped (exit status {svc.proc.returncode})")
 
     seconds["total"] = round(time.perf_counter() - t0, 1)
-    plot = plot_tradeoffs([Tradeoff.from_report(e, f"{CONFIGS[n].split(':')[0]}: digits test split (n={e['data']['n']})")
-                           for n, e in evals.items()], out / "accuracy_vs_offload.png")
+    panels = [Tradeoff.from_report(e, f"{CONFIGS[n].split(':')[0]}: digits test split (n={e['data']['n']})")
+              for n, e in evals.items()]
+    plot = plot_tradeoffs(panels, out / "accuracy_vs_offload.png")
     report: dict[str, Any] = {
         "config": asdict(cfg),
         "machine": {"cpus": os.cpu_count(), "load_avg_1m_start": load_start, "load_avg_1m_end": _load()},
@@ -248,13 +255,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 def print_summary(report: dict[str, Any]) -> None:
     from .evaluate import Row, format_table
 
-    for name, rep in report["configs"].items():
+    for _name, rep in report["configs"].items():
         rows = [Row(**r) for r in rep["rows"]]
         routing = rep["routing"]
         op = "<=" if routing["metric"] in ("entropy", "deferral") else ">="
         _say("")
         _say(format_table(rows, f"{rep['description']}\n(digits test split, n={rep['data']['n']}; edge SDK against "
-                                f"the service; hybrid = edge answer when {routing['metric']} {op} {routing['threshold']:.4g})"))
+                                f"the service; hybrid = edge answer when {routing['metric']} {op} "
+                                f"{routing['threshold']:.4g})"))
     s = report["seconds"]
     _say("")
     _say(f"demo finished in {s['total']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in s.items() if k != "total")

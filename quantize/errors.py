@@ -33,3 +33,7 @@ class AccuracyDropError(QuantizeError):
     def __init__(self, message: str, report: dict[str, Any] | None = None):
         super().__init__(message)
         self.report = report or {}
+
+
+class EvaluateError(HybridVisionError):
+    """The evaluation cannot run: no int8 model, labels that do not match, or a cloud that fails."""

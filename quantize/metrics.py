@@ -25,7 +25,9 @@ def classification_summary(y_true: np.ndarray, y_pred: np.ndarray, labels: Seque
     }
 
 
-def plot_confusion(cm: Sequence[Sequence[int]], labels: Sequence[str], path: Path, title: str = "Confusion matrix") -> Path:
+def plot_confusion(
+    cm: Sequence[Sequence[int]], labels: Sequence[str], path: Path, title: str = "Confusion matrix"
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -158,7 +158,8 @@ def mobilenet_v2_style(input_shape, num_classes: int, width: float = 1.0):
         out_c = _make_divisible(c * width)
         for i in range(n):
             x = _inverted_residual(x, t, out_c, s if i == 0 else 1)
-    x = layers.Conv2D(_make_divisible(1280 * max(1.0, width)) if not small else _make_divisible(256 * width), 1, use_bias=False)(x)
+    head = _make_divisible(1280 * max(1.0, width)) if not small else _make_divisible(256 * width)
+    x = layers.Conv2D(head, 1, use_bias=False)(x)
     x = layers.BatchNormalization(momentum=0.9)(x)
     x = layers.ReLU(6.0)(x)
     x = layers.GlobalAveragePooling2D()(x)

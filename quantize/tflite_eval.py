@@ -12,13 +12,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
 from edge_sdk.preprocess import QuantParams, dequantize, quantize
 
-ModelSource = Union[bytes, bytearray, str, Path]
+ModelSource = bytes | bytearray | str | Path
 
 
 def make_interpreter(model: ModelSource, *, num_threads: int = 1, delegates: bool = True):

@@ -23,13 +23,13 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cloud.server import ThreadedServer
 
 REPO = Path(__file__).resolve().parent.parent
-BundlesArg = Union[Sequence[str | os.PathLike], Mapping[str, str | os.PathLike]]
+BundlesArg = Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike]
 
 
 @contextmanager
@@ -85,7 +85,8 @@ def serve_subprocess(bundles: BundlesArg, *args: str, env: Mapping[str, str] | N
         deadline = time.monotonic() + timeout
         while not port_file.exists():
             if proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {proc.returncode} before it was ready:\n{log_path.read_text()[-3000:]}")
+                tail = log_path.read_text()[-3000:]
+                raise RuntimeError(f"serve exited with {proc.returncode} before it was ready:\n{tail}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"serve not ready after {timeout:g}s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.05)

@@ -29,6 +29,7 @@ proxy listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import socket
@@ -68,10 +69,8 @@ class _Conn:
                     s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            try:
+            with contextlib.suppress(OSError):
                 s.close()
-            except OSError:
-                pass
         self.closed.set()
 
 
@@ -142,7 +141,8 @@ class FaultProxy:
         s.settimeout(0.05)
         self.port = s.getsockname()[1]
         self._listener = s
-        self._accept_thread = threading.Thread(target=self._accept_loop, args=(s,), name="faultproxy-accept", daemon=True)
+        self._accept_thread = threading.Thread(target=self._accept_loop, args=(s,), name="faultproxy-accept",
+                                               daemon=True)
         self._accept_thread.start()
 
     def _stop_listening(self) -> None:
@@ -214,8 +214,7 @@ class FaultProxy:
         sel = selectors.DefaultSelector()
         sel.register(client, selectors.EVENT_READ)
         sel.register(upstream, selectors.EVENT_READ)
-        new_request, sent_back, stalled, in_body = True, 0, False, False
-        tamper = _Tamper(fault.tamper_at) if fault.mode == "tamper" else None
+        state = _PumpState(tamper=_Tamper(fault.tamper_at) if fault.mode == "tamper" else None)
         try:
             while not conn.closed.is_set() and not self._stop.is_set():
                 for key, _ in sel.select(0.05):
@@ -223,46 +222,68 @@ class FaultProxy:
                     data = src.recv(65536)
                     if not data:
                         return
-                    if src is client:
-                        if new_request and fault.mode == "latency" and conn.closed.wait(fault.latency_s):
-                            return
-                        if new_request and tamper is not None:
-                            tamper.next_response()
-                        if new_request:
-                            in_body = False
-                        new_request = False
-                        upstream.sendall(data)
-                        continue
-                    new_request = True
-                    if tamper is not None:
-                        data = tamper.feed(data)
-                    if stalled:
-                        continue  # swallow the rest of the response
-                    if fault.mode == "reset":
-                        client.sendall(data[: max(0, fault.reset_after - sent_back)])
-                        sent_back += len(data)
-                        if sent_back >= fault.reset_after:
-                            return  # _serve closes with SO_LINGER 0: a reset
-                        continue
-                    if fault.mode == "drip":
-                        if not in_body:
-                            end = data.find(b"\r\n\r\n")
-                            head, data = (data, b"") if end < 0 else (data[: end + 4], data[end + 4 :])
-                            client.sendall(head)
-                            in_body = end >= 0
-                        for b in data:
-                            if conn.closed.wait(fault.drip_s):
-                                return
-                            client.sendall(bytes([b]))
-                        continue
-                    if fault.mode == "stall":
-                        end = data.find(b"\r\n\r\n")
-                        client.sendall(data if end < 0 else data[: end + 4])
-                        stalled = end >= 0
-                        continue
-                    client.sendall(data)
+                    done = (_client_to_upstream(conn, fault, state, data) if src is client
+                            else _upstream_to_client(conn, fault, state, data))
+                    if done:
+                        return
         finally:
             sel.close()
+
+
+@dataclass
+class _PumpState:
+    """Where one connection's exchange is: between requests, how much came back, whether the answer stalled."""
+
+    tamper: _Tamper | None
+    new_request: bool = True
+    sent_back: int = 0
+    stalled: bool = False
+    in_body: bool = False
+
+
+def _client_to_upstream(conn: _Conn, fault: Fault, st: _PumpState, data: bytes) -> bool:
+    """Pass a request on (after the fault's latency); True when the connection is done."""
+    if st.new_request:
+        if fault.mode == "latency" and conn.closed.wait(fault.latency_s):
+            return True
+        if st.tamper is not None:
+            st.tamper.next_response()
+        st.in_body = False
+    st.new_request = False
+    conn.upstream.sendall(data)
+    return False
+
+
+def _upstream_to_client(conn: _Conn, fault: Fault, st: _PumpState, data: bytes) -> bool:
+    """Pass an answer back, broken as the fault says; True when the connection is done."""
+    client = conn.client
+    st.new_request = True
+    if st.tamper is not None:
+        data = st.tamper.feed(data)
+    if st.stalled:
+        return False  # swallow the rest of the response
+    if fault.mode == "reset":
+        client.sendall(data[: max(0, fault.reset_after - st.sent_back)])
+        st.sent_back += len(data)
+        return st.sent_back >= fault.reset_after  # _serve closes with SO_LINGER 0: a reset
+    if fault.mode == "drip":
+        if not st.in_body:
+            end = data.find(b"\r\n\r\n")
+            head, data = (data, b"") if end < 0 else (data[: end + 4], data[end + 4 :])
+            client.sendall(head)
+            st.in_body = end >= 0
+        for b in data:
+            if conn.closed.wait(fault.drip_s):
+                return True
+            client.sendall(bytes([b]))
+        return False
+    if fault.mode == "stall":
+        end = data.find(b"\r\n\r\n")
+        client.sendall(data if end < 0 else data[: end + 4])
+        st.stalled = end >= 0
+        return False
+    client.sendall(data)
+    return False
 
 
 class _Tamper:

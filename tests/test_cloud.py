@@ -179,10 +179,12 @@ def test_infer_bytes_batch(srv, http, digit_files, reference):
 
 
 def test_infer_uint8_and_fp32_tensors_give_the_same_answers_as_encoded_images(srv, http, digit_files, reference):
-    rgb = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (40, 40)) for p, _ in digit_files[:3]])
+    rgb = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (40, 40))
+                    for p, _ in digit_files[:3]])
     pngs = [encode_png(im) for im in rgb]
     by_bytes, _ = parse_outputs(http.post(srv.url + "/v2/models/digits/infer", json=images_request(pngs)).json(), 3, 10)
-    by_uint8, labels = parse_outputs(http.post(srv.url + "/v2/models/digits/infer", json=tensor_request(rgb)).json(), 3, 10)
+    answer = http.post(srv.url + "/v2/models/digits/infer", json=tensor_request(rgb)).json()
+    by_uint8, labels = parse_outputs(answer, 3, 10)
     np.testing.assert_allclose(by_uint8, by_bytes, atol=1e-6)
     m = reference.manifest
     x = np.stack([preprocess(im, m.input, m.preprocess, color="rgb") for im in rgb])
@@ -211,7 +213,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(srv, http,
 
     def one(i):
         with requests.Session() as s:
-            return s.post(srv.url + "/v1/classify?model=digits2", data=datas[i], headers=PNG, timeout=30).json()["label"]
+            r = s.post(srv.url + "/v1/classify?model=digits2", data=datas[i], headers=PNG, timeout=30)
+            return r.json()["label"]
 
     with ThreadPoolExecutor(16) as pool:
         got = list(pool.map(one, range(len(datas))))
@@ -239,7 +242,8 @@ def test_edge_model_download_etag_and_304(srv, http, tiny_edge):
     doc = m.json()
     assert doc["edge"] == {"file": "edge_int8.tflite", "sha256": sha, "size": len(r.content)}
     assert doc["manifest"]["models"]["edge"]["sha256"] == sha and doc["manifest"]["labels"] == ["c0", "c1", "c2", "c3"]
-    assert http.get(srv.url + "/v1/models/tiny/edge?part=manifest", headers={"If-None-Match": m.headers["ETag"]}).status_code == 304
+    again = http.get(srv.url + "/v1/models/tiny/edge?part=manifest", headers={"If-None-Match": m.headers["ETag"]})
+    assert again.status_code == 304
 
     assert_error(http.get(srv.url + "/v1/models/digits/edge"), 404, "no edge model")
     assert_error(http.get(srv.url + "/v1/models/nope/edge"), 404, "unknown model")
@@ -318,7 +322,8 @@ def _png_header_only(width: int, height: int) -> bytes:
 def test_413_body_pixels_and_batch_limits(guarded, digit_files):
     h = {"X-API-Key": KEY}
     with requests.Session() as s:  # Content-Length over the limit: refused before the body is read
-        assert_error(s.post(guarded.url + "/v1/classify", data=b"\0" * (100 * 1024), headers={**h, **PNG}), 413, "limit")
+        too_big = s.post(guarded.url + "/v1/classify", data=b"\0" * (100 * 1024), headers={**h, **PNG})
+        assert_error(too_big, 413, "limit")
     with requests.Session() as s:  # no Content-Length (chunked): refused while reading
         chunks = (b"\0" * 8192 for _ in range(16))
         assert_error(s.post(guarded.url + "/v1/classify", data=chunks, headers={**h, **PNG}), 413, "limit")
@@ -327,11 +332,13 @@ def test_413_body_pixels_and_batch_limits(guarded, digit_files):
         assert len(bomb) < 200
         assert_error(s.post(guarded.url + "/v1/classify", data=bomb, headers={**h, **PNG}), 413, "pixels")
         big = {"inputs": [{"name": "image", "shape": [1, 400, 400, 1], "datatype": "UINT8", "data": [0]}]}
-        assert_error(s.post(guarded.url + "/v2/models/digits/infer", json=big, headers=h), 413, "pixels")  # 160,000 > 100,000
+        too_many = s.post(guarded.url + "/v2/models/digits/infer", json=big, headers=h)
+        assert_error(too_many, 413, "pixels")  # 160,000 > 100,000
         five = images_request([digit_files[0][0].read_bytes()] * 5)
         assert_error(s.post(guarded.url + "/v2/models/digits/infer", json=five, headers=h), 413, "4")
         # the server is fine afterwards
-        assert s.post(guarded.url + "/v1/classify", data=digit_files[0][0].read_bytes(), headers={**h, **PNG}).status_code == 200
+        ok = s.post(guarded.url + "/v1/classify", data=digit_files[0][0].read_bytes(), headers={**h, **PNG})
+        assert ok.status_code == 200
 
 
 def test_413_decompression_bomb_on_default_limits(srv, http):
@@ -341,12 +348,13 @@ def test_413_decompression_bomb_on_default_limits(srv, http):
 
 def test_415_unsupported_media_type_or_image_format(srv, http, digit_files):
     png = digit_files[0][0].read_bytes()
-    assert_error(http.post(srv.url + "/v1/classify?model=digits", data=png, headers={"Content-Type": "text/plain"}), 415, "Content-Type")
+    classify = srv.url + "/v1/classify?model=digits"
+    assert_error(http.post(classify, data=png, headers={"Content-Type": "text/plain"}), 415, "Content-Type")
     assert_error(http.post(srv.url + "/v1/classify?model=digits", data=png), 415)  # no Content-Type at all
     gif = b"GIF89a" + struct.pack("<HH", 4, 4) + b"\0" * 40
     assert_error(http.post(srv.url + "/v1/classify?model=digits", data=gif, headers={"Content-Type": "image/gif"}), 415)
     assert_error(http.post(srv.url + "/v1/classify?model=digits", data=gif, headers=PNG), 415, "gif")
-    assert_error(http.post(srv.url + "/v1/classify?model=digits", data=b"hello, not an image", headers=PNG), 415, "not a recognised")
+    assert_error(http.post(classify, data=b"hello, not an image", headers=PNG), 415, "not a recognised")
     assert_error(http.post(srv.url + "/v2/models/digits/infer", json=images_request([gif])), 415, "image 0")
     assert_error(http.post(srv.url + "/v2/models/digits/infer", data=b"{}", headers={"Content-Type": "text/xml"}), 415)
 
@@ -354,9 +362,10 @@ def test_415_unsupported_media_type_or_image_format(srv, http, digit_files):
 def test_422_undecodable_images_and_bad_tensors(srv, http, digit_files, reference):
     png = digit_files[0][0].read_bytes()
     url = srv.url + "/v2/models/digits/infer"
-    assert_error(http.post(srv.url + "/v1/classify?model=digits", data=png[: len(png) // 2], headers=PNG), 422)
+    classify = srv.url + "/v1/classify?model=digits"
+    assert_error(http.post(classify, data=png[: len(png) // 2], headers=PNG), 422)
     jpeg = encode_jpeg(np.full((32, 32, 3), 128, np.uint8))
-    assert_error(http.post(srv.url + "/v1/classify?model=digits", data=jpeg[:-40], headers={"Content-Type": "image/jpeg"}), 422, "truncated")
+    assert_error(http.post(classify, data=jpeg[:-40], headers={"Content-Type": "image/jpeg"}), 422, "truncated")
     assert_error(http.post(srv.url + "/v1/classify?model=digits", data=b"", headers=PNG), 422, "empty")
     assert_error(http.post(url, json=images_request([png, png[:60]])), 422, "image 1")
     m = reference.manifest.input
@@ -374,7 +383,8 @@ def test_422_undecodable_images_and_bad_tensors(srv, http, digit_files, referenc
     assert_error(http.post(url, json=u8([1.5] * 12, [1, 2, 2, 3])), 422, "integers")
     assert_error(http.post(url, json=u8([1] * 12, [1, 2, 2, 2])), 422, "NHWC")
     assert_error(http.post(url, json=u8([[1, 2], [3]], [1, 1, 1, 3])), 422)
-    assert_error(http.post(url, json={"inputs": [{"name": "image", "shape": [1], "datatype": "INT32", "data": [1]}]}), 422, "INT32")
+    int32 = {"inputs": [{"name": "image", "shape": [1], "datatype": "INT32", "data": [1]}]}
+    assert_error(http.post(url, json=int32), 422, "INT32")
     assert_error(http.post(url, json={"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
                                                   "data": [base64.b64encode(png).decode()]}]}), 422, "2 image")
 
@@ -384,7 +394,8 @@ def test_401_and_keys(guarded, digit_files):
     with requests.Session() as s:
         assert s.get(guarded.url + "/v2/health/live").status_code == 200  # probes need no key
         assert s.get(guarded.url + "/v2/health/ready").status_code == 200
-        for path in ("/v2/models/digits", "/v2/models/digits/ready", "/metrics", "/openapi.json", "/v1/models/digits/edge"):
+        paths = ("/v2/models/digits", "/v2/models/digits/ready", "/metrics", "/openapi.json", "/v1/models/digits/edge")
+        for path in paths:
             assert_error(s.get(guarded.url + path), 401, "API key")
             assert_error(s.get(guarded.url + path, headers={"Authorization": "Bearer wrong-key-123456"}), 401)
         assert_error(s.post(guarded.url + "/v1/classify", data=png, headers=PNG), 401)
@@ -414,7 +425,8 @@ def test_429_rate_limit_per_key(trained_bundle_session, digit_files):
         r = c.post(s.url + "/v1/classify", data=png, headers=a)
         assert_error(r, 429, "rate limit")
         assert int(r.headers["Retry-After"]) >= 1
-        assert c.post(s.url + "/v1/classify", data=png, headers=b).status_code == 200  # the other key has its own bucket
+        # the other key has its own bucket
+        assert c.post(s.url + "/v1/classify", data=png, headers=b).status_code == 200
         assert c.get(s.url + "/v2/health/ready").status_code == 200  # probes are never limited
 
 

@@ -67,7 +67,7 @@ def test_batcher_never_splits_a_request_and_runs_an_oversize_one_alone():
         sizes = [3, 3, 10, 1]
         start = np.cumsum([0] + sizes[:-1])
         outs = await asyncio.gather(*(b.submit(np.arange(s0, s0 + n, dtype=np.float32)[:, None])
-                                      for s0, n in zip(start, sizes)))
+                                      for s0, n in zip(start, sizes, strict=False)))
         await b.close()
         return sizes, outs
 
@@ -292,7 +292,8 @@ def test_a_model_that_outputs_logits_gets_a_softmax(tmp_path):
     out = keras.layers.Dense(3)(keras.layers.Flatten()(inp))  # no softmax
     model = keras.Model(inp, out)
     model.save(tmp_path / "m.keras")
-    manifest = Manifest(name="logits", labels=["a", "b", "c"], input=InputSpec(height=8, width=8, channels=1, color="GRAY"),
+    manifest = Manifest(name="logits", labels=["a", "b", "c"],
+                        input=InputSpec(height=8, width=8, channels=1, color="GRAY"),
                         preprocess=PreprocessSpec(), models={"cloud": ModelFile(file="cloud.keras", format="keras")})
     write_bundle(tmp_path / "b", manifest, {"cloud.keras": tmp_path / "m.keras"})
     m = CloudModel.from_path(tmp_path / "b", max_batch_size=2)
@@ -320,7 +321,8 @@ def test_bundles_that_do_not_match_are_refused(tmp_path, tmp_path_factory):
     # a cloud model whose input does not match the manifest
     wrong = tiny_keras(size=16)
     wrong.save(tmp_path / "w.keras")
-    manifest = Manifest(name="w", labels=["c0", "c1", "c2", "c3"], input=InputSpec(height=8, width=8, channels=1, color="GRAY"),
+    manifest = Manifest(name="w", labels=["c0", "c1", "c2", "c3"],
+                        input=InputSpec(height=8, width=8, channels=1, color="GRAY"),
                         models={"cloud": ModelFile(file="cloud.keras", format="keras")})
     write_bundle(tmp_path / "w", manifest, {"cloud.keras": tmp_path / "w.keras"})
     with pytest.raises(BundleError, match="does not match the manifest"):

@@ -99,8 +99,9 @@ def _long_functions(paths: list[Path]) -> list[str]:
     return out
 
 
-def test_no_function_in_edge_sdk_is_over_50_lines():
-    assert _long_functions(sorted((REPO / "edge_sdk").rglob("*.py"))) == []
+def test_no_function_in_edge_sdk_or_the_quantize_pipeline_is_over_50_lines():
+    paths = sorted((REPO / "edge_sdk").rglob("*.py")) + [REPO / "quantize" / "pipeline.py"]
+    assert _long_functions(paths) == []
 
 
 # --- the public surface ----------------------------------------------------------------------------
@@ -156,3 +157,58 @@ def test_reasons_are_strings_and_know_their_family():
         with pytest.raises(ValueError):
             Reason(bad)
     assert "no_capacity:battery" not in [m.value for m in Reason]  # made on use, not listed as a member
+
+
+# --- docstrings ---------------------------------------------------------------------------------
+
+# The cloud client and its wire format belong to the interoperability work, which is reshaping them now;
+# their docstrings follow with it.
+DOCSTRINGS_PENDING: tuple[str, ...] = ()
+
+
+def _public_functions():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import edge_sdk
+
+    for info in pkgutil.walk_packages(edge_sdk.__path__, "edge_sdk."):
+        if info.name.startswith(DOCSTRINGS_PENDING):
+            continue
+        mod = importlib.import_module(info.name)
+        for name, obj in vars(mod).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+                continue
+            if inspect.isfunction(obj):
+                yield f"{mod.__name__}.{name}", obj
+            elif inspect.isclass(obj):
+                for attr, f in vars(obj).items():
+                    if isinstance(f, (classmethod, staticmethod)):
+                        f = f.__func__
+                    if (attr == "__init__" or not attr.startswith("_")) and inspect.isfunction(f):
+                        yield f"{mod.__name__}.{name}.{attr}", f
+
+
+def _missing_sections(fn) -> list[str]:
+    import inspect
+    import re
+
+    if not fn.__module__.startswith("edge_sdk") or fn.__code__.co_filename.startswith("<"):
+        return []  # generated (a dataclass's __init__) or inherited from a Protocol
+    doc = inspect.getdoc(fn) or ""
+    params = [p for p in inspect.signature(fn).parameters if p not in ("self", "cls")]
+    returns = fn.__annotations__.get("return") not in (None, "None")
+    missing = [] if doc else ["docstring"]
+    missing += ["Args"] if params and "Args:" not in doc else []
+    missing += ["Returns"] if returns and "Returns:" not in doc and "Yields:" not in doc else []
+    raises = re.search(r"^\s+raise\b", inspect.getsource(fn), re.M)
+    missing += ["Raises"] if raises and "Raises:" not in doc else []
+    return missing
+
+
+def test_public_functions_of_edge_sdk_document_args_returns_and_raises():
+    found = dict(_public_functions())
+    assert "edge_sdk.hybrid.HybridClassifier.from_bundle" in found and "edge_sdk.policy.route" in found
+    gaps = {name: m for name, fn in found.items() if (m := _missing_sections(fn))}
+    assert gaps == {}

@@ -51,7 +51,7 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
 def test_folders_that_cannot_train(tmp_path, counts, words):
     root = tmp_path / "imgs"
     root.mkdir()
-    for c, n in counts.items():
+    for c in counts:
         (root / c).mkdir()
     for c, n in counts.items():
         for i in range(n):

@@ -112,13 +112,20 @@ def test_quick_demo_files_and_output(demo_run):
     print(f"quick demo: {secs:.1f} s wall, stages {rep['seconds']}")
 
 
+def sigint_as_a_terminal_gives_it() -> None:
+    """In the child, before exec: SIGINT back to its default action (Python then raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_serving_stops_the_server(demo_run, tmp_path):
     """Start a demo that reuses the quick run's bundles, interrupt it once its server is up: no server is left."""
     src, *_ = demo_run
     out = tmp_path / "demo-out"
     shutil.copytree(src / "bundles", out / "bundles")
+    # SIGINT as a terminal gives it: a job started in the background (`make test &`, nohup, some CI runners)
+    # inherits SIGINT ignored, and a child that ignores Ctrl-C would test the caller's shell, not the demo
     proc = subprocess.Popen(demo_cmd("--reuse", "--out", out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV, cwd=REPO)
+                            text=True, env=ENV, cwd=REPO, preexec_fn=sigint_as_a_terminal_gives_it)
     try:
         lines = []
         for line in proc.stdout:

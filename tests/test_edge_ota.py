@@ -80,8 +80,8 @@ def test_a_newer_model_is_verified_and_swapped_in(bundles):
     assert clf.threshold == pytest.approx(0.123)  # the recalibrated threshold came with it
     want = HybridClassifier.from_bundle(b, mode="edge_only", probes=[])
     after = [clf.predict(im).probabilities for im in imgs]
-    assert all(np.array_equal(x, want.predict(im).probabilities) for x, im in zip(after, imgs))
-    assert any(not np.array_equal(x, y) for x, y in zip(before, after))
+    assert all(np.array_equal(x, want.predict(im).probabilities) for x, im in zip(after, imgs, strict=False))
+    assert any(not np.array_equal(x, y) for x, y in zip(before, after, strict=False))
     # written into the bundle on disk: a restart comes back with the new model and its threshold
     assert r.persisted and r.persist_error is None
     on_disk = load_bundle(a)  # sha256 verified

@@ -122,7 +122,7 @@ def test_swap_while_predicting_never_mixes_models(tiny, tiny_b):
     want_a = [clf.predict(im).probabilities for im in imgs]
     clf_b = HybridClassifier.from_bundle(tiny_b, mode="edge_only", probes=[])
     want_b = [clf_b.predict(im).probabilities for im in imgs]
-    assert any(not np.array_equal(p, q) for p, q in zip(want_a, want_b))
+    assert any(not np.array_equal(p, q) for p, q in zip(want_a, want_b, strict=False))
     stop, swapped = threading.Event(), threading.Event()
     bad, after = [], []
 
@@ -157,7 +157,8 @@ def test_swap_refuses_a_model_for_another_input(tiny, tmp_path):
 
     inp = keras.Input((SIZE * 2, SIZE * 2, 1))
     out = keras.layers.Dense(4, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inp))
-    blob, _, _ = to_int8(keras.Model(inp, out), np.random.default_rng(0).random((8, SIZE * 2, SIZE * 2, 1), dtype=np.float32))
+    rep = np.random.default_rng(0).random((8, SIZE * 2, SIZE * 2, 1), dtype=np.float32)
+    blob, _, _ = to_int8(keras.Model(inp, out), rep)
     clf = HybridClassifier.from_bundle(tiny, mode="edge_only", probes=[])
     before = clf.model
     with pytest.raises(ModelLoadError, match="input"):

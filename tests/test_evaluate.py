@@ -141,7 +141,8 @@ def test_folder_with_unknown_classes_is_refused(quantized_bundle_session, digits
     for d in ("3", "cat"):
         (folder / d).mkdir(parents=True)
         shutil.copy(next((digits_dir / "3").glob("*.png")), folder / d / "x.png")
-    rc = cli_main(["evaluate", str(quantized_bundle_session), "--data", str(folder), "--quiet", "--out", str(tmp_path / "r")])
+    rc = cli_main(["evaluate", str(quantized_bundle_session), "--data", str(folder), "--quiet",
+                   "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert rc == 1 and "cat" in err and "not labels of the bundle" in err
     assert not (tmp_path / "r").exists()

@@ -67,7 +67,8 @@ def test_confidence_scores_match_their_definitions():
     p = np.array([[0.7, 0.2, 0.1], [0.4, 0.4, 0.2], [1.0, 0.0, 0.0]])
     np.testing.assert_allclose(confidence_scores(p, "max_prob"), [0.7, 0.4, 1.0])
     np.testing.assert_allclose(confidence_scores(p, "margin"), [0.5, 0.0, 1.0])
-    ent = [-(0.7 * np.log(0.7) + 0.2 * np.log(0.2) + 0.1 * np.log(0.1)), -(2 * 0.4 * np.log(0.4) + 0.2 * np.log(0.2)), 0.0]
+    ent = [-(0.7 * np.log(0.7) + 0.2 * np.log(0.2) + 0.1 * np.log(0.1)),
+           -(2 * 0.4 * np.log(0.4) + 0.2 * np.log(0.2)), 0.0]
     np.testing.assert_allclose(confidence_scores(p, "entropy"), ent, atol=1e-9)
     assert list(is_confident(np.array([0.1, 0.5, 0.9]), 0.5, "max_prob")) == [False, True, True]
     assert list(is_confident(np.array([0.1, 0.5, 0.9]), 0.5, "entropy")) == [True, True, False]
@@ -94,7 +95,7 @@ def test_calibration_picks_lowest_offload_that_meets_the_target():
     ok = is_confident(confidence_scores(edge, ch.metric), ch.threshold, ch.metric)
     assert np.isclose(1 - ok.mean(), ch.offload)
     assert np.isclose(np.where(ok, edge.argmax(1) == y, cloud.argmax(1) == y).mean(), ch.accuracy)
-    for m, cv in cal.curves.items():  # no feasible point of any metric offloads less
+    for _m, cv in cal.curves.items():  # no feasible point of any metric offloads less
         feasible = cv.accuracy >= floor - 1e-12
         assert cv.offload[feasible].min() >= ch.offload - 1e-12
     assert 0 < ch.offload < 1  # an edge at ~60% needs some help, but not for everything

@@ -26,6 +26,9 @@ def add_arguments(p) -> None:
     p.add_argument("--decode-threads", type=int, help="threads that decode and preprocess images [CPUs, 2..8]")
     p.add_argument("--max-body-bytes", type=int, help="largest request body [32 MiB]")
     p.add_argument("--max-pixels", type=int, help="largest image, in pixels [40,000,000]")
+    p.add_argument("--max-header-bytes", type=int, help="largest request line + headers; more gets a 431 [16384]")
+    p.add_argument("--header-timeout-s", type=float,
+                   help="time to receive a request's headers; slower gets a 408 and a close [10]")
     p.add_argument("--api-key-file", help="file with one API key a line (or env HV_API_KEYS=k1,k2)")
     p.add_argument("--rate-limit", type=float, dest="rate_limit_rps", help="requests/s per key; 0 = off [0]")
     p.add_argument("--rate-burst", type=int, dest="rate_limit_burst", help="burst per key [2 x rate]")
@@ -69,6 +72,7 @@ def run(args) -> int:
         max_delay_ms=args.max_delay_ms, queue_size=args.queue_size, decode_threads=args.decode_threads,
         model_instances=args.model_instances, model_threads=args.model_threads,
         max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels, api_keys=keys,
+        max_header_bytes=args.max_header_bytes, header_timeout_s=args.header_timeout_s,
         rate_limit_rps=args.rate_limit_rps, rate_limit_burst=args.rate_limit_burst,
         ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, log_level=args.log_level,
         forwarded_allow_ips=args.forwarded_allow_ips,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from edge_sdk.upload import UPLOADS
+
 HELP = "score edge-only, cloud-only and hybrid on a labelled image folder; print a table, write a report folder"
 
 
@@ -13,12 +15,13 @@ def add_arguments(p) -> None:
                    help="image folder (one sub-folder per label), or 'digits': the bundle's own test split "
                         "when it was trained on the built-in digits (likewise for the folder it was trained on)")
     p.add_argument("--cloud-url", default=None,
-                   help="a running server (hybrid-vision serve, KServe, Triton); default: the bundle's cloud model in-process")
+                   help="a running server (hybrid-vision serve, KServe, Triton); "
+                        "default: the bundle's cloud model in-process")
     p.add_argument("--api-key-env", default="HV_API_KEY", metavar="VAR",
                    help="environment variable holding the server's API key [HV_API_KEY]; never on the command line")
     p.add_argument("--cloud-model", default=None,
                    help="the model's name on the server, if not the bundle's name (Triton/KServe model repositories)")
-    p.add_argument("--upload", choices=("auto", "lossless", "jpeg", "original", "tensor"), default="auto",
+    p.add_argument("--upload", choices=UPLOADS, default="auto",
                    help="what the SDK sends to the cloud [auto]")
     p.add_argument("--deadline-ms", type=float, default=10_000.0, help="per-image deadline for cloud calls [10000]")
     p.add_argument("--out", default=None, help="report folder (default: evaluate-<bundle name>)")

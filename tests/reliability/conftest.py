@@ -13,7 +13,7 @@ from rel_helpers import KEY
 
 @pytest.fixture(scope="session")
 def server(quantized_bundle_session):
-    """The real service (the digits bundle under its manifest name, API keys on) in a background thread of this process."""
+    """The real service (the digits bundle under its manifest name, API keys on) in a background thread."""
     with serve_app_in_thread([quantized_bundle_session], api_keys=[KEY], max_delay_ms=2) as s:
         yield s
 

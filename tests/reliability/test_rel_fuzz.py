@@ -32,7 +32,8 @@ from edge_sdk.protocol import parse_outputs
 
 pytestmark = pytest.mark.reliability
 
-fuzz = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+fuzz = settings(max_examples=250, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 SPEC = InputSpec(height=16, width=16, channels=1, color="GRAY")
 PP = PreprocessSpec(resize="letterbox", scale=1 / 255.0)
@@ -62,7 +63,8 @@ def mutated_images(draw) -> bytes:
         if op == "flip":
             data[i] ^= draw(st.integers(1, 255))
         elif op == "set":  # header fields are where lies hurt: overwrite a run with extreme values
-            data[i:i + 4] = draw(st.sampled_from([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x00\x00\xff\xff"]))
+            extremes = [b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x00\x00\xff\xff"]
+            data[i:i + 4] = draw(st.sampled_from(extremes))
         elif op == "truncate":
             del data[i:]
         elif op == "insert":
@@ -156,12 +158,14 @@ def near_valid_responses(draw, n: int = 2, c: int = 3) -> dict:
     pick = lambda good: draw(st.one_of(st.just(good), json_values))  # noqa: E731
     tensor = {
         "name": pick("probabilities"), "datatype": pick("FP32"),
-        "shape": pick([n, c]), "data": draw(st.one_of(st.just(probs), st.lists(json_values, min_size=n * c, max_size=n * c),
-                                                      st.lists(st.floats(), min_size=n * c, max_size=n * c))),
+        "shape": pick([n, c]),
+        "data": draw(st.one_of(st.just(probs), st.lists(json_values, min_size=n * c, max_size=n * c),
+                               st.lists(st.floats(), min_size=n * c, max_size=n * c))),
     }
     label = {"name": "label", "datatype": "BYTES", "shape": pick([n]), "data": pick(["a"] * n)}
     outputs = draw(st.one_of(st.just([tensor, label]), st.just([tensor]), st.lists(json_values, max_size=3)))
-    return {"model_name": pick("m"), "outputs": outputs, **draw(st.dictionaries(st.text(max_size=5), json_values, max_size=2))}
+    extra = draw(st.dictionaries(st.text(max_size=5), json_values, max_size=2))
+    return {"model_name": pick("m"), "outputs": outputs, **extra}
 
 
 def check_outputs(body) -> None:

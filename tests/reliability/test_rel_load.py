@@ -13,6 +13,7 @@ after ``TIME_CAP_S`` saying how far it got.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -69,10 +70,8 @@ async def _sample_rss(pid: int, load: Load, out: list[tuple[int, int]], stop: as
     proc = psutil.Process(pid)
     while not stop.is_set():
         out.append((load.done, proc.memory_info().rss))
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.1)
-        except asyncio.TimeoutError:
-            pass
 
 
 async def run_load(url: str, pid: int, bodies: list[bytes], expected: list[str], n: int, concurrency: int):
@@ -103,7 +102,8 @@ def test_20000_requests_at_concurrency_64_no_errors_no_memory_growth(quantized_b
     bodies = [b for b, _ in digit_pngs[::5]][:4]
     with serve_subprocess([quantized_bundle_session]) as (url, proc):
         with requests.Session() as s:  # the answers every later request must repeat
-            expected = [s.post(url + "/v1/classify", data=b, headers={"Content-Type": "image/png"}, timeout=30).json()["label"]
+            png = {"Content-Type": "image/png"}
+            expected = [s.post(url + "/v1/classify", data=b, headers=png, timeout=30).json()["label"]
                         for b in bodies]
         load, rss, elapsed = asyncio.run(run_load(url, proc.pid, bodies, expected, REQUESTS, CONCURRENCY))
         metrics = requests.get(url + "/metrics", timeout=10).text
@@ -118,7 +118,8 @@ def test_20000_requests_at_concurrency_64_no_errors_no_memory_growth(quantized_b
         "seconds": round(elapsed, 2), "throughput_rps": round(REQUESTS / elapsed, 1),
         "latency_ms": {p: round(float(np.nanpercentile(lat_ms, int(p[1:]))), 2) for p in ("p50", "p90", "p99")}
         | {"max": round(float(np.nanmax(lat_ms)), 2)},
-        "server_rss_mb": {"first_quarter_mean": round(np.mean(first) / 2**20, 1), "last_quarter_mean": round(np.mean(last) / 2**20, 1),
+        "server_rss_mb": {"first_quarter_mean": round(np.mean(first) / 2**20, 1),
+                          "last_quarter_mean": round(np.mean(last) / 2**20, 1),
                           "growth_pct": round(growth * 100, 2), "samples": len(rss)},
         "mean_batch_size": round(_metric(metrics, "hv_batch_size_sum") / batches, 2) if batches else None,
     }

@@ -86,7 +86,8 @@ def test_every_route_refuses_a_missing_or_wrong_key(server, digit_pngs):
             r = s.request(method, server.url + path, data=body, headers={**ctype, "X-API-Key": KEY}, timeout=30)
             assert r.status_code != 401, (method, path)  # the right key gets past the door
         # a refused request is refused before its body counts: 401, not 413, for 40 MB without a key
-        big = s.post(server.url + "/v1/classify", data=b"\0" * (40 << 20), headers={"Content-Type": "image/png"}, timeout=60)
+        big = s.post(server.url + "/v1/classify", data=b"\0" * (40 << 20), headers={"Content-Type": "image/png"},
+                     timeout=60)
         assert big.status_code == 401
     assert wrong == []
     assert KEY not in repr(server.app.state.hv.settings) and KEY not in str(server.app.state.hv.settings)
@@ -113,7 +114,8 @@ def test_tls_serve_sdk_verifies_and_no_key_reaches_any_log(quantized_bundle_sess
     args = ("--ssl-certfile", str(d / "server.pem"), "--ssl-keyfile", str(d / "key.pem"), "--api-key-file",
             str(d / "keys.txt"), "--log-level", "debug", "--access-log")
     make = lambda url, **kw: HybridClassifier.from_bundle(  # noqa: E731
-        quantized_bundle_session, cloud_url=url, threshold=1.01, probes=[], deadline_ms=10_000, **{"api_key": KEY, **kw})
+        quantized_bundle_session, cloud_url=url, threshold=1.01, probes=[], deadline_ms=10_000,
+        **{"api_key": KEY, **kw})
     caplog.set_level(logging.DEBUG)
     with serve_subprocess([quantized_bundle_session], *args) as (url, proc):
         assert url.startswith("https://127.0.0.1:")
@@ -191,7 +193,7 @@ def test_tampered_update_download_is_refused_while_predictions_continue(server, 
 
         def worker():
             while not stop.is_set():
-                for b, label in zip(imgs, want):
+                for b, label in zip(imgs, want, strict=False):
                     try:
                         assert clf.predict(b).label == label
                         count[0] += 1
