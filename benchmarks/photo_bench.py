@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--edge-epochs", type=int, help="edge epochs [the recipe's]")
     ap.add_argument("--requantize", action="store_true", help="quantize --bundle again (new routing)")
     ap.add_argument("--digits-bundle", help="a quantized digits bundle for the OOD pair [trained into --out]")
+    ap.add_argument("--guarantee-repeats", type=int, default=40,
+                    help="random test halves the threshold's guarantee is checked on (0: skip) [40]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -175,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     result["targets"] = targets_section(acc, total)
     digits = Path(args.digits_bundle) if args.digits_bundle else digits_bundle(Path(args.out) / "digits",
                                                                                  not args.quiet)
-    result.update(routing_sections(out, data / "test", digits, Path(args.out) / "routing.png", not args.quiet))
+    result.update(routing_sections(out, data / "test", digits, Path(args.out) / "routing.png", not args.quiet,
+                                   args.guarantee_repeats))
     result["targets"]["routing"] = routing_targets(result)
     print(json.dumps(result, indent=2))
     return 0

@@ -24,7 +24,7 @@ import numpy as np
 
 
 def _cloud_call(bundle):
-    from quantize.evaluate import compiled_keras
+    from quantize.eval_passes import compiled_keras
 
     inp = bundle.manifest.input
     return compiled_keras(bundle.model_path("cloud"), (inp.height, inp.width, inp.channels))
@@ -137,9 +137,11 @@ def _ood_flags(bundle, outs: dict[str, np.ndarray]) -> tuple[np.ndarray | None, 
 
 
 def routing_section(bundle_path: str | Path, items: Sequence[tuple[Path, int]], *, target_gap: float = 0.5,
-                    plot: Path | None = None, progress: bool = False) -> dict[str, Any]:
+                    plot: Path | None = None, guarantee_repeats: int = 0, progress: bool = False) -> dict[str, Any]:
     """ECE, the offload each metric needs to come within ``target_gap`` points of the cloud, the oracle's, and the
-    calibrated threshold's validation estimate and bound against its test gap and offload."""
+    calibrated threshold's validation estimate and bound against its test gap and offload; with
+    ``guarantee_repeats``, the guarantee checked on held-out halves and small calibration sets
+    (benchmarks/photo_guarantee.py)."""
     from edge_sdk.bundle import load_bundle
     from edge_sdk.preprocess import preprocess
     from edge_sdk.scores import LOWER_IS_CONFIDENT, ROUTING_METRICS
@@ -178,7 +180,21 @@ def routing_section(bundle_path: str | Path, items: Sequence[tuple[Path, int]], 
                                                       if m != "oracle")[1]
     if plot is not None:
         section["plot"] = str(_plot(curves, section, plot))
+    if guarantee_repeats > 0:
+        section["guarantee"] = _guarantee(outs, cloud, y, target_gap, guarantee_repeats, plot, progress)
     return section
+
+
+def _guarantee(outs: dict[str, np.ndarray], cloud: np.ndarray, y: np.ndarray, target_gap: float, repeats: int,
+               plot: Path | None, progress: bool) -> dict[str, Any]:
+    from photo_guarantee import held_out_check, plot_guarantee, small_calibration
+
+    check = held_out_check(outs, cloud, y, target_gap=target_gap, repeats=repeats, progress=progress)
+    small = small_calibration(outs, cloud, y, target_gap=target_gap, progress=progress)
+    out = {"held_out_halves": check, "small_calibration": small}
+    if plot is not None:
+        out["plot"] = str(plot_guarantee(check, small, plot.with_name(plot.stem + "_guarantee.png")))
+    return out
 
 
 def _ece(outs: dict[str, np.ndarray], y: np.ndarray, temperature: float) -> dict[str, float]:
@@ -258,8 +274,8 @@ def digits_bundle(out: Path, progress: bool = False) -> Path:
     return out
 
 
-def routing_sections(bundle: Path, test_dir: Path, digits: Path, plot: Path, progress: bool = False
-                     ) -> dict[str, Any]:
+def routing_sections(bundle: Path, test_dir: Path, digits: Path, plot: Path, progress: bool = False,
+                     guarantee_repeats: int = 40) -> dict[str, Any]:
     """The routing, OOD and upload sections for a CIFAR bundle, with ``digits`` as the other bundle of the pair."""
     from edge_sdk.bundle import load_bundle
     from quantize import data as data_mod
@@ -269,7 +285,8 @@ def routing_sections(bundle: Path, test_dir: Path, digits: Path, plot: Path, pro
     _, all_digits = data_mod.list_folder(data_mod.resolve("digits"))
     photos_sample = data_mod.stratified_sample(test_items, 1000)
     return {
-        "routing": routing_section(bundle, test_items, plot=plot, progress=progress),
+        "routing": routing_section(bundle, test_items, plot=plot, guarantee_repeats=guarantee_repeats,
+                                   progress=progress),
         "ood": {
             "digits_shown_to_the_photo_bundle": ood_section(bundle, test_items, all_digits, progress),
             "photos_shown_to_the_digits_bundle": ood_section(digits, digits_split.test, photos_sample, progress),
