@@ -140,6 +140,8 @@ def plot_guarantee(check: dict[str, Any], small: dict[str, Any], path: Path) -> 
     ax2.plot(ns, [100 * v["point_estimate_offload_on_its_calibration_set"]["mean"] for v in small.values()], "s--",
              label="point estimate (no bound), on its calibration set")
     ax2.set_xscale("log")
+    ax2.set_xticks(ns, [str(n) for n in ns])
+    ax2.minorticks_off()
     ax2.set_xlabel("calibration images (n)")
     ax2.set_ylabel("offload on held-out photos (%)")
     ax2.set_title("a smaller calibration set offloads more", fontsize=9)
