@@ -28,6 +28,8 @@ from typing import Literal, cast, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .policy import one_of
+
 Feature = Literal["max_prob", "margin", "entropy", "energy", "max_logit", "probs", "logits", "predicted", "features"]
 OODKind = Literal["energy", "max_logit", "mahalanobis"]
 _EPS = 1e-12
@@ -365,9 +367,7 @@ def check_routing_metric(metric: str) -> RoutingMetric:
     Raises:
         ValueError: it is not one of :data:`ROUTING_METRICS` (the message names them).
     """
-    if metric not in ROUTING_METRICS:
-        raise ValueError(f"unknown routing metric {metric!r}; choose from {', '.join(ROUTING_METRICS)}")
-    return cast(RoutingMetric, metric)
+    return cast(RoutingMetric, one_of(metric, ROUTING_METRICS, "routing metric"))
 
 
 def check_ood_action(action: str) -> OODAction:
@@ -380,9 +380,7 @@ def check_ood_action(action: str) -> OODAction:
     Raises:
         ValueError: it is not one of :data:`OOD_ACTIONS` (the message names them).
     """
-    if action not in OOD_ACTIONS:
-        raise ValueError(f"unknown out_of_distribution {action!r}; choose from {', '.join(OOD_ACTIONS)}")
-    return cast(OODAction, action)
+    return cast(OODAction, one_of(action, OOD_ACTIONS, "out_of_distribution"))
 
 
 def calibrated_probs(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import responses
-from edge_helpers import LABELS, SIZE, tiny_images, tiny_keras
+from edge_helpers import DEVICE_ONLY_PRELUDE, LABELS, SIZE, tiny_images, tiny_keras
 
 from edge_sdk.bundle import Manifest, ModelFile, Routing, load_bundle, write_bundle
 from edge_sdk.hybrid import HybridClassifier
@@ -72,14 +72,8 @@ def _expected(bundle: Path, img: np.ndarray) -> tuple[float, np.ndarray, float]:
 def test_the_device_computes_the_bundles_scores_without_tensorflow(routed, tmp_path):
     img = tiny_images(1, seed=5)[0]
     np.save(tmp_path / "img.npy", img)
-    blocked = ("tensorflow", "keras", "sklearn", "scipy", "quantize", "cloud", "jax", "torch")
     code = (
-        "import sys, importlib.abc, json\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        f"        if name.split('.')[0] in {blocked!r}:\n"
-        "            raise ModuleNotFoundError(name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+        DEVICE_ONLY_PRELUDE +
         "import numpy as np\n"
         "from edge_sdk import HybridClassifier\n"
         f"clf = HybridClassifier.from_bundle({str(routed)!r}, mode='edge_only', probes=[])\n"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edge_helpers import DEVICE_ONLY_PRELUDE
 
 from edge_sdk.scores import DeferralModel, DeferralParams, OODScorer, energy, logits_from_probs, softmax
 from quantize.routing_fit import (
@@ -127,14 +128,8 @@ def test_deferral_score_runs_on_a_device_without_tensorflow(tmp_path):
     expected = DeferralModel(params)(logits[1000:1010], 1.5)
     (tmp_path / "p.json").write_text(params.model_dump_json())
     np.save(tmp_path / "z.npy", logits[1000:1010])
-    blocked = ("tensorflow", "keras", "sklearn", "scipy", "quantize", "cloud", "jax", "torch")
     code = (
-        "import sys, importlib.abc, json\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        f"        if name.split('.')[0] in {blocked!r}:\n"
-        "            raise ModuleNotFoundError(name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+        DEVICE_ONLY_PRELUDE +
         "import numpy as np\n"
         "from edge_sdk.scores import DeferralModel, DeferralParams\n"
         f"p = DeferralParams.model_validate_json(open({str(tmp_path / 'p.json')!r}).read())\n"
