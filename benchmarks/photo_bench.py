@@ -7,7 +7,16 @@ scikit-learn baseline. Targets (issue 12): cloud >= 80%; edge int8 file <= 256 K
 int8 agreement >= 99%; train + quantize <= 40 minutes on 2 cores; the
 distilled edge at most 8 points behind the cloud.
 
-    python benchmarks/photo_bench.py [--data DIR] [--out DIR] [--bundle BUNDLE] [--epochs N] [--edge-epochs N]
+Then routing (issue 13; benchmarks/photo_routing.py): the ECE before and after the
+temperature; for every routing metric the offload needed to come within 0.5 points
+of the cloud on the test split, and the oracle's; the calibrated threshold's
+validation estimate and bound beside its test gap and offload; the
+out-of-distribution AUROC with each data set as the other's outliers (a digits
+bundle is trained for that unless --digits-bundle is given); each upload format's
+bytes and cloud accuracy; and the accuracy-vs-offload plot (routing.png in --out).
+
+    python benchmarks/photo_bench.py [--data DIR] [--out DIR] [--bundle BUNDLE] [--requantize]
+                                     [--digits-bundle B] [--epochs N] [--edge-epochs N]
 
 ``--bundle`` reuses a bundle already trained on the data (quantized again only if
 it has no edge model). Each part is a function returning one JSON section, so a
@@ -31,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+from photo_routing import digits_bundle, routing_sections, routing_targets  # noqa: E402
 
 TARGETS = {"cloud_accuracy_min": 0.80, "edge_int8_max_bytes": 256 * 1024, "agreement_min": 0.99,
            "train_plus_quantize_max_s": 40 * 60, "edge_gap_max_points": 8.0}
@@ -128,7 +138,7 @@ def prepare_bundle(args, data: Path, out: Path, result: dict) -> Path:
         result["bundle_source"] = str(src)
     else:
         result["seconds"]["train"] = train_section(data, out, args)
-    if not load_bundle(out).has("edge"):
+    if args.requantize or not load_bundle(out).has("edge"):
         result["seconds"]["quantize"] = quantize_section(out, args)
     return out
 
@@ -140,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", help="reuse this trained bundle instead of training (copied to --out)")
     ap.add_argument("--epochs", type=int, help="cloud epochs [the recipe's]")
     ap.add_argument("--edge-epochs", type=int, help="edge epochs [the recipe's]")
+    ap.add_argument("--requantize", action="store_true", help="quantize --bundle again (new routing)")
+    ap.add_argument("--digits-bundle", help="a quantized digits bundle for the OOD pair [trained into --out]")
+    ap.add_argument("--guarantee-repeats", type=int, default=40,
+                    help="random test halves the threshold's guarantee is checked on (0: skip) [40]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -161,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     result["seconds"]["train_plus_quantize_wall_s"] = total
     result["accuracy"] = acc = accuracy_section(out)
     result["targets"] = targets_section(acc, total)
+    digits = Path(args.digits_bundle) if args.digits_bundle else digits_bundle(Path(args.out) / "digits",
+                                                                                 not args.quiet)
+    result.update(routing_sections(out, data / "test", digits, Path(args.out) / "routing.png", not args.quiet,
+                                   args.guarantee_repeats))
+    result["targets"]["routing"] = routing_targets(result)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -35,6 +35,7 @@ from .preprocess import ImageLimits, InputSpec, PreprocessSpec, QuantParams, loa
 from .reasons import Reason
 from .routing import Observer, Outcome, Router
 from .samples import LateAnswer
+from .scores import OODAction, RoutingMetric
 from .stats import LatencySummary, ModelState, Stats
 from .upload import Staged, Upload
 
@@ -47,6 +48,7 @@ __all__ = [
     "HybridOptions", "HybridOverrides", "RoutingOptions", "CloudOptions", "EdgeOptions", "Mode", "Metric", "Upload",
     # learning from the hard images (opt-in collection, the offline queue)
     "CollectOptions", "CollectConfig", "OfflineQueueConfig", "LateAnswer",
+    "RoutingMetric", "OODAction",
     # capacity, breaker, updates
     "Probe", "ProbeResult", "default_probes", "MemoryProbe", "CpuLoadProbe", "InflightProbe",
     "CircuitBreaker", "BreakerSnapshot", "UpdateResult", "VerifiedUpdate",

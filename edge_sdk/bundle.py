@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .detection import DetectionSpec
 from .errors import BundleError
 from .preprocess import InputSpec, PreprocessSpec, QuantParams
+from .scores import DeferralParams, OODParams
 
 SCHEMA_VERSION = "1.0"
 Task = Literal["classify", "detect"]
@@ -45,12 +46,24 @@ class ModelFile(BaseModel):
 
 
 class Routing(BaseModel):
-    """When the edge answer is good enough; ``calibration`` holds the curve it came from."""
+    """When the edge answer is good enough (edge_sdk.scores): the metric and its threshold, the temperature the
+    logits are divided by before any score, the deferral model (metric ``deferral``), the out-of-distribution
+    score, and in ``calibration`` how the threshold was chosen (estimate, bound, n, delta). Bundles written
+    before these fields load with T = 1, no deferral model and no out-of-distribution score."""
 
     model_config = ConfigDict(extra="forbid")
-    metric: Literal["max_prob", "margin", "entropy", "band_mass", "band_count", "top_entropy"] = "max_prob"
+    metric: Literal["max_prob", "margin", "entropy", "deferral", "band_mass", "band_count", "top_entropy"] = "max_prob"
     threshold: float = 0.5
+    temperature: float = Field(default=1.0, gt=0)
     calibration: dict[str, Any] | None = None
+    deferral: DeferralParams | None = None
+    ood: OODParams | None = None
+
+    @model_validator(mode="after")
+    def _deferral_present(self) -> Routing:
+        if self.metric == "deferral" and self.deferral is None:
+            raise ValueError("metric 'deferral' needs the deferral model's parameters")
+        return self
 
 
 class DataInfo(BaseModel):

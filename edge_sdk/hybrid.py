@@ -3,7 +3,8 @@
 One call goes through :class:`edge_sdk.routing.Router`, the routing path every
 hybrid task shares: decode and resize (edge_sdk.preprocess) -> capacity probes
 -> the edge model -> its confidence against the threshold
-(:class:`edge_sdk.policy.ConfidenceScorer`) -> maybe the cloud, within what is
+(:class:`edge_sdk.classifier_routing.ClassifierScorer`: the bundle's metric, temperature and
+out-of-distribution score) -> maybe the cloud, within what is
 left of the call's deadline. A cloud failure never loses the edge answer; only
 when neither side can answer does ``predict`` raise. This module adds what is
 particular to classification: the edge run (pixel table + int8 interpreter),
@@ -24,16 +25,18 @@ import numpy as np
 
 from .bundle import Bundle, Routing, load_bundle
 from .capacity import Probe, default_probes
+from .classifier_routing import UNKNOWN, ClassifierEdge, ClassifierScorer, EdgeOutput, RoutingPlan
 from .client import CloudClient, deadline_after
 from .errors import BundleError, ModelLoadError, UpdateError
 from .flywheel import Flywheel
 from .options import HybridOptions, with_overrides
 from .ota import DEFAULT_MAX_BYTES, UpdateResult, VerifiedUpdate, fetch_update, persist_update
-from .policy import ConfidenceScorer, Metric, Mode
-from .preprocess import ImageInput, InputSpec, PreprocessSpec
+from .policy import Mode
+from .preprocess import ImageInput
 from .reasons import Reason
 from .routing import CloudReply, EdgeVersion, Observer, Outcome, Router, Source
-from .runtime import LocalModel, PixelQuantizer
+from .runtime import LocalModel
+from .scores import RoutingMetric
 from .stats import ModelState, Stats
 from .upload import Staged, Upload, build_request
 
@@ -49,8 +52,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Prediction:
-    """One answer. ``confidence`` and ``*_confidence`` are top-1 probabilities; ``edge_score`` is the
-    routing metric's value on the edge output (what was compared with the threshold)."""
+    """One answer. ``confidence`` and ``*_confidence`` are top-1 probabilities (the edge's after the bundle's
+    temperature); ``edge_score`` is the routing metric's value on the edge output (what was compared with the
+    threshold); ``out_of_distribution`` says the bundle's out-of-distribution score flagged the frame
+    (``ood_score``, higher is less like the training data). A frame answered "unknown" on the device has
+    label "unknown" and confidence 0."""
 
     label: str
     confidence: float
@@ -64,6 +70,8 @@ class Prediction:
     bytes_sent: int = 0
     cloud_error: str | None = None
     probabilities: np.ndarray | None = field(default=None, repr=False)
+    out_of_distribution: bool = False
+    ood_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Every field but the probabilities.
@@ -76,31 +84,6 @@ class Prediction:
         d["reason"] = str(self.reason)
         d["top_k"] = [{"label": lb, "score": s} for lb, s in self.top_k]
         return d
-
-
-class ClassifierEdge:
-    """One edge model ready to run: its pixel table and interpreter. An update builds a new one."""
-
-    __slots__ = ("model", "pixels", "_quantize", "_predict")
-
-    def __init__(self, model: LocalModel, input_spec: InputSpec, preprocess_spec: PreprocessSpec,
-                 num_classes: int) -> None:
-        """Args:
-            model: the edge model.
-            input_spec: the bundle's input.
-            preprocess_spec: the bundle's preprocessing.
-            num_classes: how many labels the bundle has.
-
-        Raises:
-            ModelLoadError: the model does not fit the bundle's input or labels.
-        """
-        model.check_fits(input_spec, num_classes)
-        self.model = model
-        self.pixels = PixelQuantizer(input_spec, preprocess_spec, model.input_quant)
-        self._quantize, self._predict = self.pixels.quantize_pixels, model.predict_quantized  # bound once
-
-    def __call__(self, staged: Staged) -> np.ndarray:
-        return self._predict(self._quantize(staged.resized))
 
 
 class HybridClassifier:
@@ -134,6 +117,8 @@ class HybridClassifier:
             raise ValueError(
                 f"the bundle's threshold is for {routing.metric}; give a threshold for metric {opts.metric!r}"
             )
+        plan = RoutingPlan.from_routing(routing, metric=opts.metric, threshold=opts.threshold,
+                                        ood_action=opts.out_of_distribution)
         self.options = opts
         self._bundle = bundle
         self.labels = list(bundle.labels)
@@ -142,14 +127,10 @@ class HybridClassifier:
         self.cloud = cloud
         self._lock = threading.Lock()  # swaps and updates; predict never takes it
         self._threshold_from_bundle = opts.threshold is None and opts.metric in (None, routing.metric)
-        self._router: Router[np.ndarray, np.ndarray, Prediction] = Router(
+        self._router: Router[EdgeOutput, np.ndarray, Prediction] = Router(
             routing=opts, edge_options=opts, input_spec=self.input_spec, preprocess_spec=self.preprocess_spec,
-            edge=EdgeVersion(
-                self._edge_for(model) if model is not None else None,
-                ConfidenceScorer(opts.metric or routing.metric,
-                                 opts.threshold if opts.threshold is not None else routing.threshold),
-                model_error,
-            ),
+            edge=EdgeVersion(self._edge_for(model, plan) if model is not None else None, ClassifierScorer(plan),
+                             model_error),
             probes=default_probes() if opts.probes is None else opts.probes,
             cloud=cloud, ask_cloud=self._ask_cloud, build=self._prediction,
         )
@@ -279,7 +260,7 @@ class HybridClassifier:
         return self._router.edge.error
 
     @property
-    def metric(self) -> Metric:
+    def metric(self) -> RoutingMetric:
         return self._scorer().metric
 
     @property
@@ -355,21 +336,22 @@ class HybridClassifier:
             UpdateError: the model does not fit this bundle; the old model keeps serving.
         """
         try:
-            edge = self._edge_for(update.model)
-        except ModelLoadError as e:
+            plan = self._plan_for(update.manifest.routing)
+            edge = self._edge_for(update.model, plan)
+        except (ModelLoadError, ValueError) as e:
             raise UpdateError(f"the downloaded model was refused: {e}") from e
         with self._lock:
             current = self.model.sha256 if self.model is not None else None
             if update.sha256 == current:
                 return UpdateResult(False, current, current, update.bytes_downloaded)
             persist_error = self._persist(update) if persist else None
-            self._install(edge, update.manifest.routing)
+            self._install(edge, plan)
         log.info("edge model updated %s -> %s", current[:12] if current else None, update.sha256[:12])
         return UpdateResult(True, update.sha256, current, update.bytes_downloaded, self.threshold,
                             persisted=persist and persist_error is None, persist_error=persist_error)
 
     def swap_model(
-        self, model: LocalModel, *, threshold: float | None = None, metric: Metric | None = None
+        self, model: LocalModel, *, threshold: float | None = None, metric: RoutingMetric | None = None
     ) -> LocalModel | None:
         """Atomically replace the edge model; calls already running finish on the old one.
 
@@ -384,11 +366,15 @@ class HybridClassifier:
         Raises:
             ModelLoadError: the model does not fit the bundle's input or labels; the old one stays.
         """
-        edge = self._edge_for(model)
-        routing = None if threshold is None else Routing(metric=metric or self.metric, threshold=threshold)
+        plan = self._scorer().plan
+        if threshold is not None and self._threshold_from_bundle:  # the user's threshold always wins
+            routing = self._bundle.manifest.routing.model_copy(update={"metric": metric or self.metric,
+                                                                       "threshold": threshold})
+            plan = RoutingPlan.from_routing(routing, ood_action=self.options.out_of_distribution)
+        edge = self._edge_for(model, plan)
         with self._lock:
             old = self.model
-            self._install(edge, routing)
+            self._install(edge, plan)
         return old
 
     def close(self) -> None:
@@ -438,37 +424,51 @@ class HybridClassifier:
         result = self.cloud.infer(request, len(items), len(self.labels), deadline)
         return CloudReply(list(result.probs), result.bytes_sent)
 
-    def _prediction(self, o: Outcome[np.ndarray, np.ndarray]) -> Prediction:
+    def _prediction(self, o: Outcome[EdgeOutput, np.ndarray]) -> Prediction:
         from_cloud = o.source == "cloud"
-        probs = o.cloud if from_cloud else o.edge
+        edge = o.edge
+        probs = o.cloud if from_cloud else (edge.probs if edge is not None else None)
         assert probs is not None  # an outcome always has the answer of its source
         labels = self.labels
         top = [(labels[i], p) for i, p in top_k(probs, self.options.top_k)]
         edge_confidence = None
-        if o.edge is not None:
-            edge_confidence = float(o.edge.max()) if from_cloud else top[0][1]
+        if edge is not None:
+            edge_confidence = float(edge.probs.max()) if from_cloud else top[0][1]
+        label, confidence = top[0]
+        ood = edge is not None and edge.out_of_distribution
+        if ood and not from_cloud and self.options.out_of_distribution == "unknown":
+            label, confidence = UNKNOWN, 0.0
+            if o.reason == Reason.CONFIDENT:  # the scorer let the device answer; say why it answers "unknown"
+                o.reason = Reason.OUT_OF_DISTRIBUTION
         return Prediction(
-            top[0][0], top[0][1], top, o.source, o.reason, edge_confidence, top[0][1] if from_cloud else None,
+            label, confidence, top, o.source, o.reason, edge_confidence, top[0][1] if from_cloud else None,
             o.verdict.score if o.verdict is not None else None, o.latency_ms, o.bytes_sent, o.cloud_error, probs,
+            ood, edge.ood_score if edge is not None else None,
         )
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _edge_for(self, model: LocalModel) -> ClassifierEdge:
-        return ClassifierEdge(model, self.input_spec, self.preprocess_spec, len(self.labels))
+    def _edge_for(self, model: LocalModel, plan: RoutingPlan) -> ClassifierEdge:
+        return ClassifierEdge(model, self.input_spec, self.preprocess_spec, len(self.labels), plan)
 
-    def _scorer(self) -> ConfidenceScorer:
+    def _scorer(self) -> ClassifierScorer:
         scorer = self._router.edge.score
-        assert isinstance(scorer, ConfidenceScorer)
+        assert isinstance(scorer, ClassifierScorer)
         return scorer
 
-    def _install(self, edge: ClassifierEdge, routing: Routing | None) -> None:
-        """Swap in a new edge version (the lock is held): the model, and the bundle's new threshold
-        unless the options set one."""
-        scorer = self._scorer()
-        if routing is not None and self._threshold_from_bundle:
-            scorer = ConfidenceScorer(routing.metric, routing.threshold)
-        self._router.edge = EdgeVersion(edge, scorer, None)
+    def _plan_for(self, routing: Routing) -> RoutingPlan:
+        """How a new model's bundle routing is scored here: its temperature, deferral model and
+        out-of-distribution score always; its metric and threshold unless the options set them."""
+        o = self.options
+        threshold = o.threshold
+        if threshold is None and o.metric is not None and o.metric != routing.metric:
+            threshold = self.threshold  # the user's metric keeps the threshold it had
+        return RoutingPlan.from_routing(routing, metric=o.metric, threshold=threshold,
+                                        ood_action=o.out_of_distribution)
+
+    def _install(self, edge: ClassifierEdge, plan: RoutingPlan) -> None:
+        """Swap in a new edge version (the lock is held): the model and its routing plan, at once."""
+        self._router.edge = EdgeVersion(edge, ClassifierScorer(plan), None)
 
     def _persist(self, update: VerifiedUpdate) -> str | None:
         """Write the update into the bundle on disk (the lock is held); None, or why it could not."""

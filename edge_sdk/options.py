@@ -32,9 +32,10 @@ from .breaker import CircuitBreaker
 from .capacity import Probe
 from .client import CloudClient
 from .detection import DETECT_METRICS, DetectMetric
-from .policy import Metric, Mode, check_metric, check_mode
+from .policy import Mode, check_mode
 from .preprocess import DEFAULT_LIMITS, ImageLimits
 from .samples import LateAnswer
+from .scores import OODAction, RoutingMetric, check_ood_action, check_routing_metric
 from .upload import Upload, check_upload
 
 
@@ -86,7 +87,9 @@ class CloudOptions(_Options):
         ca_bundle: a CA file to verify it with (a private CA).
         max_retries: retries of connection errors and 503s, within the deadline.
         breaker: the circuit breaker (default: opens after 5 failures for 10 s); share one to share its state.
-        upload: what is sent for an image: ``jpeg`` (resized), ``original`` (the caller's bytes) or ``tensor``.
+        upload: what is sent for an image (edge_sdk.upload): ``auto`` (the caller's file when it is small for
+            the model's input, else the resized pixels, losslessly for small inputs), ``lossless``, ``jpeg``
+            (resized, quality 90: costs accuracy on photos that already were JPEGs), ``original`` or ``tensor``.
     """
 
     cloud_url: str | None = None
@@ -96,7 +99,7 @@ class CloudOptions(_Options):
     ca_bundle: str | None = None
     max_retries: int = 2
     breaker: CircuitBreaker | None = None
-    upload: Upload = "jpeg"
+    upload: Upload = "auto"
 
     def __post_init__(self) -> None:
         check_upload(self.upload)
@@ -240,17 +243,23 @@ class HybridOptions(RoutingOptions, CloudOptions, EdgeOptions, CollectOptions):
     Attributes:
         threshold: the routing threshold (None: the bundle's calibrated one, which an update may replace;
             a threshold given here always wins).
-        metric: the confidence metric (None: the bundle's); another metric than the bundle's needs a threshold.
+        metric: the routing metric (None: the bundle's): max_prob, margin, entropy, or ``deferral`` (the bundle's
+            learned "the cloud would fix this" score); another metric than the bundle's needs a threshold.
+        out_of_distribution: what a frame the bundle's out-of-distribution score flags gets: ``cloud`` (ask
+            the cloud, reason ``out_of_distribution``), ``unknown`` (answer "unknown" on the device), or
+            ``ignore`` (route it like any other frame).
         top_k: how many labels each answer lists.
     """
 
     threshold: float | None = None
-    metric: Metric | None = None
+    metric: RoutingMetric | None = None
+    out_of_distribution: OODAction = "cloud"
     top_k: int = 3
 
     def __post_init__(self) -> None:
         if self.metric is not None:
-            check_metric(self.metric)
+            check_routing_metric(self.metric)
+        check_ood_action(self.out_of_distribution)
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, not {self.top_k}")
         if self.offline_queue is not None and not self.cloud_url:
@@ -305,7 +314,8 @@ class HybridOverrides(_SharedOverrides, total=False):
     """The fields of :class:`HybridOptions`, as keyword arguments (``from_bundle(path, **overrides)``)."""
 
     threshold: float | None
-    metric: Metric | None
+    metric: RoutingMetric | None
+    out_of_distribution: OODAction
     top_k: int
     collect: CollectConfig | None
     offline_queue: OfflineQueueConfig | None

@@ -28,7 +28,18 @@ MODES: tuple[str, ...] = get_args(Mode)
 _EPS = 1e-12
 
 
-def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
+def one_of(value: str, choices: tuple[str, ...], what: str) -> str:
+    """Args:
+        value: a name.
+        choices: the names allowed.
+        what: what the name is, for the message.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ValueError: it is not one of ``choices`` (the message names them).
+    """
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")
     return value
@@ -44,7 +55,7 @@ def check_mode(mode: str) -> Mode:
     Raises:
         ValueError: it is not one of :data:`MODES` (the message names them).
     """
-    return cast(Mode, _one_of(mode, MODES, "mode"))
+    return cast(Mode, one_of(mode, MODES, "mode"))
 
 
 def check_metric(metric: str) -> Metric:
@@ -54,7 +65,7 @@ def check_metric(metric: str) -> Metric:
     Returns:
         ``metric``, typed as a :data:`Metric`; a ValueError (naming :data:`METRICS`) if it is none.
     """
-    return cast(Metric, _one_of(metric, METRICS, "confidence metric"))
+    return cast(Metric, one_of(metric, METRICS, "confidence metric"))
 
 
 def confidence(probs: np.ndarray, metric: str = "max_prob") -> np.ndarray | float:

@@ -12,6 +12,9 @@ asks :attr:`Reason.is_no_capacity` instead of testing the text.
 =====================  ==========================================================
 ``confident``          edge answer met the threshold (source "edge")
 ``low_confidence``     edge answer was unsure, so the cloud was asked
+``out_of_distribution`` the frame is unlike the training data (the bundle's
+                       out-of-distribution score): the cloud was asked, or the
+                       device answered "unknown" (option out_of_distribution)
 ``no_capacity:<name>`` a capacity probe (memory, cpu, inflight, ...) said no to
                        running the edge model, so the cloud was asked
 ``model_unavailable``  the edge model is not loaded or failed to run
@@ -64,6 +67,7 @@ class Reason(StrEnum):
     CLOUD_UNAVAILABLE = "cloud_unavailable"
     CIRCUIT_OPEN = "circuit_open"
     DEADLINE = "deadline"
+    OUT_OF_DISTRIBUTION = "out_of_distribution"
 
     @classmethod
     def no_capacity(cls, probe: str) -> Reason:

@@ -8,6 +8,12 @@ threads already inside ``predict`` finish on the old one.
 
 The hot path is ``set_tensor`` / ``invoke`` / ``get_tensor`` on a per-thread
 interpreter with its tensor indices looked up once.
+
+A model may have more outputs than the probabilities, named by its signature
+(quantize.edge_outputs adds ``logits``, ``features`` and ``stage_k`` for the
+routing scores): the one named ``probabilities`` is the classifier's answer,
+and :meth:`LocalModel.predict_outputs` returns the others, dequantized, from
+the same invoke.
 """
 
 from __future__ import annotations
@@ -172,6 +178,27 @@ def _read_model(model: str | Path | bytes) -> tuple[bytes, str]:
     return bytes(model), "<memory>"
 
 
+def _named_outputs(interp: Interpreter, source: str) -> dict[str, dict[str, Any]]:
+    """Output details by name: a single output is ``probabilities``; several are named by the model's signature."""
+    outs: list[dict[str, Any]] = interp.get_output_details()
+    if len(outs) == 1:
+        return {"probabilities": outs[0]}
+    try:
+        named: dict[str, dict[str, Any]] = interp.get_signature_runner().get_output_details()
+    except (ValueError, RuntimeError) as e:
+        raise ModelLoadError(f"{source}: a model with {len(outs)} outputs needs a signature naming them ({e})") \
+            from None
+    by_index = {d["index"]: d for d in outs}
+    result = {name: by_index[d["index"]] for name, d in named.items() if d["index"] in by_index}
+    if "probabilities" not in result:
+        raise ModelLoadError(f"{source}: the model's outputs are {sorted(result)}; a classifier needs one named "
+                             "'probabilities'")
+    return result
+
+
+Slot = tuple[Interpreter, int, int, tuple[int, ...]]  # interpreter, input, probabilities, the extra outputs
+
+
 class LocalModel:
     """One int8 TFLite classifier; call it from any number of threads."""
 
@@ -223,11 +250,15 @@ class LocalModel:
         self._bind(interp)
 
     def _read_io(self, interp: Any) -> None:
-        """Shapes and quantization of the one input and one output; ModelLoadError if it is not a classifier."""
+        """Shapes and quantization of the one input and the probabilities; the names and dequantization tables
+        of any extra outputs. ModelLoadError if it is not a classifier."""
         inp = interp.get_input_details()
-        out = interp.get_output_details()
-        if len(inp) != 1 or len(out) != 1:
-            raise ModelLoadError(f"{self.source}: expected 1 input and 1 output, got {len(inp)} and {len(out)}")
+        if len(inp) != 1:
+            raise ModelLoadError(f"{self.source}: expected 1 input, got {len(inp)}")
+        named = _named_outputs(interp, self.source)
+        out = [named["probabilities"]]
+        self._extra_names = tuple(sorted(n for n in named if n != "probabilities"))
+        self._extra_deq = {n: _dequant_table(_quant_of(named[n], f"{n!r} output")) for n in self._extra_names}
         in_shape, out_shape = tuple(int(d) for d in inp[0]["shape"]), tuple(int(d) for d in out[0]["shape"])
         if len(in_shape) != 4 or in_shape[0] != 1 or len(out_shape) != 2 or out_shape[0] != 1:
             raise ModelLoadError(
@@ -289,14 +320,16 @@ class LocalModel:
             ) from None
         return interp
 
-    def _bind(self, interp: Interpreter) -> tuple[Interpreter, int, int]:
-        slot = (interp, int(interp.get_input_details()[0]["index"]), int(interp.get_output_details()[0]["index"]))
+    def _bind(self, interp: Interpreter) -> Slot:
+        named = _named_outputs(interp, self.source)
+        extras = tuple(int(named[n]["index"]) for n in self._extra_names)
+        slot = (interp, int(interp.get_input_details()[0]["index"]), int(named["probabilities"]["index"]), extras)
         self._local.slot = slot
         return slot
 
-    def _slot(self) -> tuple[Interpreter, int, int]:
+    def _slot(self) -> Slot:
         try:
-            slot: tuple[Interpreter, int, int] = self._local.slot
+            slot: Slot = self._local.slot
         except AttributeError:
             return self._bind(self._new_interpreter())
         return slot
@@ -312,11 +345,33 @@ class LocalModel:
         Returns:
             Probabilities [C], float32.
         """
-        interp, i_in, i_out = self._slot()
+        interp, i_in, i_out, _ = self._slot()
         interp.set_tensor(i_in, xq.reshape(self._batch_shape))
         interp.invoke()
         probs: np.ndarray = self._deq[interp.get_tensor(i_out)[0].view(np.uint8)]
         return probs
+
+    @property
+    def extra_outputs(self) -> tuple[str, ...]:
+        """Names of the outputs beside ``probabilities`` (e.g. ``features``, ``logits``)."""
+        return self._extra_names
+
+    def predict_outputs(self, xq: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the model and read every output.
+
+        Args:
+            xq: one already-quantized HxWxC (or 1xHxWxC) input.
+
+        Returns:
+            Every output by name, dequantized: ``probabilities`` [C], the others (``logits``, ``features``, ...) [K].
+        """
+        interp, i_in, i_out, extras = self._slot()
+        interp.set_tensor(i_in, xq.reshape(self._batch_shape))
+        interp.invoke()
+        out = {"probabilities": self._deq[interp.get_tensor(i_out)[0].view(np.uint8)]}
+        for name, index in zip(self._extra_names, extras, strict=True):
+            out[name] = self._extra_deq[name][interp.get_tensor(index).reshape(-1).view(np.uint8)]
+        return out
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """Args:

@@ -1,9 +1,17 @@
 """What the SDK sends to the cloud for an image, by the ``upload=`` option.
 
-* ``jpeg``: the image resized to the model's input (edge_sdk.preprocess.resize),
-  JPEG-encoded: smallest, and the server resizes nothing.
+* ``auto`` (the default): the caller's own encoded bytes when they are small for
+  the model's input (no larger than :func:`original_budget`: then they cost no
+  more than a lossless copy and the cloud sees exactly what the caller gave);
+  otherwise the image resized to the model's input, losslessly as WebP when the
+  input is small (at most :data:`LOSSLESS_MAX_PIXELS` pixels, where JPEG saves
+  little and costs accuracy), else as JPEG at :data:`AUTO_JPEG_QUALITY`.
+* ``lossless``: the resized image as lossless WebP: the cloud sees the edge's pixels.
+* ``jpeg``: the resized image as JPEG (quality 90). A second lossy generation for
+  an image that already was a JPEG: on 32x32 CIFAR photos it is larger than the
+  original file and cost the cloud about 0.8 points (benchmarks/photo_bench.py).
 * ``original``: the bytes the caller gave (a file's or an encoded buffer's);
-  arrays are PNG-encoded, losslessly. Largest, but the cloud sees everything.
+  arrays are PNG-encoded, losslessly. Largest for big photos, but the cloud sees everything.
 * ``tensor``: the resized pixels as a UINT8 NHWC tensor (RGB, or grey for a
   1-channel model): no codec on either side.
 
@@ -23,11 +31,13 @@ from typing import Literal, get_args
 import numpy as np
 
 from .errors import InvalidImageError
-from .preprocess import ImageInput, cv2, encode_jpeg, encode_png
+from .preprocess import ImageInput, cv2, encode_jpeg, encode_png, encode_webp_lossless
 from .protocol import PROBS_OUTPUT, InferPayload, images_payload, tensor_payload
 
-Upload = Literal["jpeg", "original", "tensor"]
+Upload = Literal["auto", "lossless", "jpeg", "original", "tensor"]
 UPLOADS: tuple[str, ...] = get_args(Upload)
+LOSSLESS_MAX_PIXELS = 128 * 128
+AUTO_JPEG_QUALITY = 95
 
 
 @dataclass
@@ -68,7 +78,7 @@ def build_request(items: Sequence[Staged], upload: str, channels: int = 3, jpeg_
 
     Args:
         items: the staged images of one request.
-        upload: jpeg, original or tensor.
+        upload: one of :data:`UPLOADS` (auto, lossless, jpeg, original, tensor).
         channels: the model's input channels (1: a tensor upload carries grey pixels).
         jpeg_quality: the JPEG quality of a jpeg upload.
 
@@ -86,9 +96,74 @@ def build_request(items: Sequence[Staged], upload: str, channels: int = 3, jpeg_
         return tensor_payload(np.stack([s.resized for s in items]), outputs=ASKED)
     if upload == "jpeg":
         return images_payload([encode_jpeg(s.resized, jpeg_quality) for s in items], outputs=ASKED)
+    if upload == "lossless":
+        return images_payload([encode_webp_lossless(s.resized) for s in items], outputs=ASKED)
     if upload == "original":
         return images_payload([original_bytes(s) for s in items], outputs=ASKED)
+    if upload == "auto":
+        return images_payload([auto_bytes(s, channels) for s in items], outputs=ASKED)
     raise ValueError(f"unknown upload {upload!r}; choose from {', '.join(UPLOADS)}")
+
+
+def original_budget(resized: np.ndarray, channels: int) -> int:
+    """Bytes under which the caller's file is sent as it is.
+
+    Half a byte per model input value, about what lossless WebP takes for a photo at the model's size
+    (1,538 bytes at 32x32 on CIFAR, whose files are ~920).
+
+    Args:
+        resized: the image at the model's input size.
+        channels: the model's input channels.
+
+    Returns:
+        The byte budget.
+    """
+    h, w = resized.shape[:2]
+    return int(h * w * channels // 2)
+
+
+def auto_bytes(s: Staged, channels: int = 3) -> bytes:
+    """What ``upload="auto"`` sends for one image (see the module docstring).
+
+    Args:
+        s: the staged image.
+        channels: the model's input channels.
+
+    Returns:
+        The encoded file to upload.
+
+    Raises:
+        InvalidImageError: the image came from a file that can no longer be read.
+    """
+    budget = original_budget(s.resized, channels)
+    src = s.source
+    big_file = isinstance(src, (str, os.PathLike)) and _file_size(src) > budget  # not read again just to drop it
+    own = None if big_file else _own_bytes(src)
+    if own is not None and len(own) <= budget:
+        return own
+    h, w = s.resized.shape[:2]
+    if h * w <= LOSSLESS_MAX_PIXELS:
+        return encode_webp_lossless(s.resized)
+    return encode_jpeg(s.resized, AUTO_JPEG_QUALITY)
+
+
+def _file_size(path: str | os.PathLike[str]) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as e:
+        raise InvalidImageError(f"{path}: cannot re-read for upload ({e.strerror or e})") from None
+
+
+def _own_bytes(src: ImageInput) -> bytes | None:
+    """The caller's encoded bytes (a buffer, or a file's content), or None for an array."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src)
+    if isinstance(src, (str, os.PathLike)):
+        try:
+            return Path(src).read_bytes()
+        except OSError as e:  # it was readable a moment ago when it was decoded
+            raise InvalidImageError(f"{src}: cannot re-read for upload ({e.strerror or e})") from None
+    return None
 
 
 def original_bytes(s: Staged) -> bytes:
@@ -103,12 +178,5 @@ def original_bytes(s: Staged) -> bytes:
     Raises:
         InvalidImageError: the image came from a file that can no longer be read.
     """
-    src = s.source
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        return bytes(src)
-    if isinstance(src, (str, os.PathLike)):
-        try:
-            return Path(src).read_bytes()
-        except OSError as e:  # it was readable a moment ago when it was decoded
-            raise InvalidImageError(f"{src}: cannot re-read for upload ({e.strerror or e})") from None
-    return encode_png(s.rgb)
+    own = _own_bytes(s.source)
+    return own if own is not None else encode_png(s.rgb)

@@ -70,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="run the edge model only at or above this percent [20]")
     p.add_argument("--max-load-per-core", type=float, default=4.0,
                    help="the built-in CPU probe: run the edge model only below this load average per core [4]")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="override the bundle's routing threshold (a bundle calibrated on little data may offload "
+                        "everything)")
     return p.parse_args(argv)
 
 
@@ -87,7 +90,7 @@ def main(argv=None) -> int:
     clf = HybridClassifier.from_bundle(
         args.bundle, cloud_url=args.cloud_url, api_key=os.environ.get(args.api_key_env),
         # the built-in memory/CPU/in-flight probes, then ours
-        probes=[*default_probes(max_load_per_core=args.max_load_per_core), probe],
+        probes=[*default_probes(max_load_per_core=args.max_load_per_core), probe], threshold=args.threshold,
     )
     failed = 0
     with clf:

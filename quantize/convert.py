@@ -50,7 +50,7 @@ def check_classifier(model, num_classes: int | None = None) -> tuple[int, int, i
 
 
 def _saved_model(model, dest: Path) -> Path:
-    """Export the Keras 3 model as a SavedModel with a dynamic batch dimension."""
+    """Export the Keras 3 model as a SavedModel with a dynamic batch dimension (outputs named as a dict's keys)."""
     import keras
 
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to ..." on every export

@@ -54,7 +54,7 @@ class DemoConfig:
     reuse: bool = False  # reuse the quantized bundles a previous run left in `out`
     edge_arch: str = "cnn"
     edge_width: float = 0.25
-    upload: str = "jpeg"
+    upload: str = "auto"
     seed: int = 0
     progress: bool = True
     detect: bool = True  # the short detection section (quantize.detect.demo)
@@ -292,7 +292,7 @@ def print_summary(report: dict[str, Any]) -> None:
     for _name, rep in report["configs"].items():
         rows = [Row(**r) for r in rep["rows"]]
         routing = rep["routing"]
-        op = "<=" if routing["metric"] == "entropy" else ">="
+        op = "<=" if routing["metric"] in ("entropy", "deferral") else ">="
         _say("")
         _say(format_table(rows, f"{rep['description']}\n(digits test split, n={rep['data']['n']}; edge SDK against "
                                 f"the service; hybrid = edge answer when {routing['metric']} {op} "

@@ -24,6 +24,7 @@ from edge_sdk.errors import CloudError, HybridVisionError, InvalidImageError
 from edge_sdk.hybrid import HybridClassifier
 from edge_sdk.policy import confidence, is_confident
 from edge_sdk.preprocess import load_image, preprocess, resize
+from edge_sdk.scores import LOWER_IS_CONFIDENT
 from edge_sdk.upload import Staged, build_request
 
 from .errors import EvaluateError
@@ -41,11 +42,13 @@ class ModeRun:
     bytes_sent: np.ndarray  # [N]
     latency_kind: str
     reasons: dict[str, int] = field(default_factory=dict)
+    scores: np.ndarray | None = None  # [N] the SDK's routing score of the edge output (edge runs)
+    ood: np.ndarray | None = None  # [N] bool: the bundle's out-of-distribution score flagged the image
 
 
 def sdk_pass(
     bundle: Bundle, paths: Sequence[Path], mode: str, *, cloud_url: str | None = None, api_key: str | None = None,
-    cloud_model: str | None = None, upload: str = "jpeg", deadline_ms: float = 10_000.0, progress: bool = True,
+    cloud_model: str | None = None, upload: str = "auto", deadline_ms: float = 10_000.0, progress: bool = True,
     strict: bool = True,
 ) -> tuple[ModeRun, list[tuple[str, str]]]:
     """Run the edge SDK's ``predict`` on each image in ``mode``; returns the run and the unreadable files.
@@ -60,6 +63,7 @@ def sdk_pass(
     n, c = len(paths), len(bundle.labels)
     probs = np.zeros((n, c), np.float32)
     off, lat, sent = np.zeros(n, bool), np.zeros(n), np.zeros(n)
+    scores, ood = np.full(n, np.nan), np.zeros(n, bool)
     reasons: Counter = Counter()
     skipped: list[tuple[str, str]] = []
     keep = np.ones(n, bool)
@@ -82,10 +86,12 @@ def sdk_pass(
             off[i] = p.source == "cloud"
             lat[i] = p.latency_ms["total"]
             sent[i] = p.bytes_sent
+            scores[i] = np.nan if p.edge_score is None else p.edge_score
+            ood[i] = p.out_of_distribution
             reasons[p.reason] += 1
     where = "over HTTP" if cloud_url else "on this machine"
     run = ModeRun(mode, probs[keep], off[keep], lat[keep], sent[keep], f"edge SDK predict() per image, {where}",
-                  dict(reasons))
+                  dict(reasons), scores[keep], ood[keep])
     return run, skipped
 
 
@@ -99,7 +105,7 @@ def _warm_up(clf, paths: Sequence[Path]) -> None:
             continue
 
 
-def keras_cloud_pass(bundle: Bundle, paths: Sequence[Path], *, upload: str = "jpeg", batch_size: int = 64,
+def keras_cloud_pass(bundle: Bundle, paths: Sequence[Path], *, upload: str = "auto", batch_size: int = 64,
                      progress: bool = True) -> ModeRun:
     """The bundle's full-precision model in this process: shared preprocessing, one compiled call per batch.
 
@@ -152,8 +158,15 @@ def request_bytes(path: Path, bundle: Bundle, upload: str) -> int:
 
 
 def hybrid_from(edge: ModeRun, cloud: ModeRun, metric: str, threshold: float) -> ModeRun:
-    """Route each image with the SDK's own rule: the edge answer when confident, else the cloud's."""
-    conf = np.asarray(is_confident(np.asarray(confidence(edge.probs, metric)), threshold, metric), bool)
+    """Route each image with the SDK's own rule: the edge answer when confident (by the SDK's own routing
+    score when the edge run recorded it) and not out of distribution, else the cloud's."""
+    if edge.scores is not None and not np.isnan(edge.scores).any():
+        s = edge.scores
+        conf = (s <= threshold) if metric in LOWER_IS_CONFIDENT else (s >= threshold)
+    else:
+        conf = np.asarray(is_confident(np.asarray(confidence(edge.probs, metric)), threshold, metric), bool)
+    if edge.ood is not None:
+        conf = conf & ~edge.ood
     probs = np.where(conf[:, None], edge.probs, cloud.probs)
     lat = edge.latency_ms + np.where(conf, 0.0, cloud.latency_ms)
     sent = np.where(conf, 0.0, cloud.bytes_sent)

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from edge_sdk.bundle import Bundle
+from edge_sdk.scores import LOWER_IS_CONFIDENT
 
-from .calibrate import METRICS, Curve, sweep
+from .calibrate import METRICS, Curve, candidate_thresholds, sweep
 from .eval_passes import ModeRun, hybrid_from
 from .metrics import classification_summary, plot_confusion
 
@@ -86,11 +87,21 @@ class Tradeoff:
 
 def tradeoff(edge: ModeRun, cloud: ModeRun, y: np.ndarray, metric: str, threshold: float, title: str = "") -> Tradeoff:
     curves = {m: sweep(edge.probs, cloud.probs, y, m) for m in METRICS}
+    if metric not in curves and edge.scores is not None:
+        curves[metric] = score_curve(edge.scores, metric, edge.probs.argmax(1) == y, cloud.probs.argmax(1) == y)
     h = hybrid_from(edge, cloud, metric, threshold)
     return Tradeoff(
         title, curves, metric, float(threshold), float(h.offloaded.mean()), float((h.probs.argmax(1) == y).mean()),
         float((edge.probs.argmax(1) == y).mean()), float((cloud.probs.argmax(1) == y).mean()),
     )
+
+
+def score_curve(scores: np.ndarray, metric: str, edge_ok: np.ndarray, cloud_ok: np.ndarray) -> Curve:
+    """The curve of a routing score the SDK computed (e.g. ``deferral``), over the thresholds between its values."""
+    ts = candidate_thresholds(scores)
+    conf = scores[None, :] <= ts[:, None] if metric in LOWER_IS_CONFIDENT else scores[None, :] >= ts[:, None]
+    acc = np.where(conf, edge_ok[None, :], cloud_ok[None, :]).mean(axis=1)
+    return Curve(metric, ts, 1.0 - conf.mean(axis=1), acc)
 
 
 def plot_tradeoffs(panels: Sequence[Tradeoff], path: Path) -> Path:
@@ -129,6 +140,29 @@ def plot_tradeoffs(panels: Sequence[Tradeoff], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def routing_summary(routing: Any, rows: Sequence[Row]) -> dict[str, Any]:
+    """The bundle's threshold, what quantize certified on validation data (estimate, bound, n, delta), and the
+    gap to the cloud and the offload measured here."""
+    cal = routing.calibration or {}
+    keys = ("estimate_points", "bound_points", "n", "delta", "target_gap_points", "offload", "too_small", "mode")
+    cloud, hybrid = rows[1], rows[2]
+    return {"metric": routing.metric, "threshold": routing.threshold, "temperature": routing.temperature,
+            "out_of_distribution": routing.ood.kind if routing.ood is not None else None,
+            "validation": {k: cal[k] for k in keys if k in cal},
+            "gap_points": 100 * (cloud.accuracy - hybrid.accuracy), "offload": hybrid.offload}
+
+
+def format_routing(r: dict[str, Any]) -> str:
+    """One line: the gap measured here beside the validation estimate and its bound."""
+    v = r["validation"]
+    here = f"here: gap to the cloud {r['gap_points']:.2f} points at {100 * r['offload']:.1f}% offload"
+    if "bound_points" not in v:
+        return f"routing: {r['metric']} threshold {r['threshold']:.4g}; {here}"
+    return (f"routing: {r['metric']} threshold {r['threshold']:.4g}; validation (n={v['n']}): gap estimate "
+            f"{v['estimate_points']:.2f} points, bound {v['bound_points']:.2f} at delta {v['delta']:g} "
+            f"(target {v['target_gap_points']:g}); {here}")
 
 
 def model_sizes(bundle: Bundle) -> dict[str, int]:

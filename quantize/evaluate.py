@@ -28,17 +28,19 @@ from .eval_report import (
     ROWS,
     Row,
     Tradeoff,
+    format_routing,
     format_table,
     make_row,
     model_sizes,
     plot_tradeoffs,
+    routing_summary,
     tradeoff,
     write_outputs,
 )
 
 __all__ = [
     "EvaluateError", "Evaluation", "evaluate_bundle", "EvalData", "resolve_data", "Row", "Tradeoff",
-    "format_table", "plot_tradeoffs",
+    "format_routing", "format_table", "plot_tradeoffs",
 ]
 
 @dataclass
@@ -60,7 +62,7 @@ class CloudTarget:
     url: str | None = None
     api_key: str | None = None
     model: str | None = None
-    upload: str = "jpeg"
+    upload: str = "auto"
     deadline_ms: float = 10_000.0
 
 
@@ -126,7 +128,7 @@ def build_report(bundle: Bundle, images: EvalData, cloud: CloudTarget, passes: P
                  "skipped": len(passes.skipped), "skipped_files": passes.skipped[:50]},
         "cloud": {"where": "http" if cloud.url else "in-process", "url": cloud.url, "upload": cloud.upload,
                   "model": (cloud.model or bundle.manifest.name) if cloud.url else None},
-        "routing": {"metric": routing.metric, "threshold": routing.threshold},
+        "routing": routing_summary(routing, rows),
         "capacity_probes": "off",
         "model_bytes": sizes,
         "rows": [r.as_dict() for r in rows],
@@ -141,7 +143,7 @@ def evaluate_bundle(
     cloud_url: str | None = None,
     api_key: str | None = None,
     cloud_model: str | None = None,
-    upload: str = "jpeg",
+    upload: str = "auto",
     out_dir: str | Path | None = None,
     deadline_ms: float = 10_000.0,
     progress: bool = True,

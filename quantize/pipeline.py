@@ -3,7 +3,8 @@
 :func:`quantize_bundle` runs named steps, one function each: check the
 settings, open the bundle, load the data, load the networks, convert, check the
 operators, evaluate parity, refuse an accuracy drop, measure latency, calibrate
-the routing threshold, write the bundle. Every check runs before anything is
+the routing (temperature, deferral score, certified threshold and
+out-of-distribution score: quantize.routing_step), write the bundle. Every check runs before anything is
 written: a float op, an accuracy drop over ``max_drop`` or unusable calibration
 data raises a :class:`QuantizeError` and leaves the bundle byte-for-byte as it
 was. Success writes a new bundle version atomically (edge_sdk.bundle.update_bundle).
@@ -28,8 +29,8 @@ from edge_sdk.nativelog import native_stderr_silenced
 from edge_sdk.preprocess import QuantParams
 
 from . import data as data_mod
+from . import routing_step
 from .agreement import agreement_report
-from .calibrate import Calibration, calibrate, plot_curves
 from .convert import Quantizer, check_classifier, convert_fp32, convert_int8
 from .errors import (  # noqa: F401  (re-exported: quantize.pipeline.QuantizeError is the public name)
     AccuracyDropError,
@@ -41,6 +42,7 @@ from .errors import (  # noqa: F401  (re-exported: quantize.pipeline.QuantizeErr
 from .metrics import classification_summary, plot_confusion
 from .models import load_safe
 from .ops import list_ops, non_int8_ops, op_counts
+from .routing_calibration import RoutingConfig, RoutingFit
 from .tflite_eval import compare_latency, io_quant, run_tflite
 from .train import predict_probs
 
@@ -130,16 +132,20 @@ class QuantizeSettings:
     progress: bool
     quantizer: Quantizer
     latency_runs: int
+    routing: RoutingConfig
+    num_ood_train: int
 
 
 @dataclass(frozen=True)
 class QuantizeData:
-    """Calibration images, and the test and validation splits, as model-ready arrays."""
+    """Calibration images, the test and validation splits, and the training sample the out-of-distribution
+    score is fitted on, as model-ready arrays."""
 
     calib: data_mod.Arrays
     test: data_mod.Arrays
     val: data_mod.Arrays
     calib_source: str
+    ood_train: data_mod.Arrays
 
 
 @dataclass(frozen=True)
@@ -216,7 +222,9 @@ def load_data(bundle: Bundle, settings: QuantizeSettings) -> QuantizeData:
     if len(test.x) == 0 or len(val.x) == 0:
         raise QuantizeError("no readable test or validation images")
     source = str(settings.calib_dir) if settings.calib_dir is not None else "train split"
-    return QuantizeData(calib, test, val, source)
+    ood_n = settings.num_ood_train if settings.routing.ood == "mahalanobis" else 0
+    ood_train = load(data_mod.stratified_sample(split.train, ood_n), "load train sample")
+    return QuantizeData(calib, test, val, source, ood_train)
 
 
 def load_networks(bundle: Bundle) -> Networks:
@@ -238,8 +246,9 @@ def convert(nets: Networks, calib: data_mod.Arrays, settings: QuantizeSettings) 
     t0 = time.perf_counter()
     with native_stderr_silenced():
         fp32 = convert_fp32(nets.edge)
-        int8 = convert_int8(nets.edge, calib.x, settings.io_dtype, quantizer=settings.quantizer,  # type: ignore[arg-type]
-                            progress=settings.progress)
+        # the edge network with its routing outputs (logits, features), so one int8 file answers and scores
+        int8 = convert_int8(routing_step.model_to_convert(nets.edge), calib.x, settings.io_dtype,
+                            quantizer=settings.quantizer, progress=settings.progress)  # type: ignore[arg-type]
     return Converted(fp32, int8, time.perf_counter() - t0)
 
 
@@ -330,34 +339,26 @@ def measure_latency(converted: Converted, x: np.ndarray, settings: QuantizeSetti
             "speedup_fp32_over_int8": lat32.median_ms / lat8.median_ms}
 
 
-def calibrate_routing(converted: Converted, nets: Networks, val: data_mod.Arrays,
-                      settings: QuantizeSettings) -> Calibration:
-    """The routing threshold, from the int8 and cloud answers on the validation split."""
-    pv_int8 = run_tflite(converted.int8, val.x, progress=settings.progress, desc="int8 tflite (val)")
-    pv_cloud = predict_probs(nets.cloud, val.x)
-    return calibrate(pv_int8, pv_cloud, val.y, target_gap=settings.target_gap, max_offload=settings.max_offload)
+def calibrate_routing(converted: Converted, nets: Networks, data: QuantizeData,
+                      settings: QuantizeSettings) -> tuple[Routing, RoutingFit]:
+    """Temperature, deferral model, certified threshold and out-of-distribution score (quantize.routing_step),
+    from the int8 outputs and the cloud's answers on the validation split."""
+    val, train = data.val, data.ood_train
+    return routing_step.calibrate_routing(
+        converted.int8, val.x, val.y, predict_probs(nets.cloud, val.x), train.x if len(train.y) else None,
+        train.y if len(train.y) else None, settings.routing, progress=settings.progress)
 
 
-def calibration_report(calibration: Calibration, settings: QuantizeSettings) -> dict[str, Any]:
-    chosen = calibration.chosen
-    return {"metric": chosen.metric, "threshold": chosen.threshold, "offload": chosen.offload,
-            "hybrid_accuracy": chosen.accuracy, "val_cloud_accuracy": calibration.cloud_accuracy,
-            "val_edge_accuracy": calibration.edge_accuracy, "mode": calibration.as_dict()["mode"],
-            "target_gap_points": settings.target_gap, "max_offload": settings.max_offload}
-
-
-def write_quantized(bundle: Bundle, converted: Converted, parity: Parity, calibration: Calibration,
+def write_quantized(bundle: Bundle, converted: Converted, parity: Parity, routing: Routing, fit: RoutingFit,
                     report: dict[str, Any]) -> None:
     """The new bundle version: int8 model, routing, report and plots, written atomically."""
     manifest = bundle.manifest.model_copy(deep=True)
     manifest.models["edge"] = ModelFile(file=EDGE_FILE, format="tflite-int8", input_quant=parity.input_quant,
                                         output_quant=parity.output_quant)
-    chosen = calibration.chosen
-    manifest.routing = Routing(metric=chosen.metric, threshold=chosen.threshold,  # type: ignore[arg-type]
-                               calibration=calibration.as_dict())
+    manifest.routing = routing
     manifest.reports["quantize"] = report
     with tempfile.TemporaryDirectory() as td:
-        curve_png = plot_curves(calibration, Path(td) / CURVE_PNG)
+        curve_png = routing_step.plot_calibration(fit, Path(td) / CURVE_PNG)
         cm_png = plot_confusion(parity.int8_summary["confusion_matrix"], manifest.labels, Path(td) / CONFUSION_PNG,
                                 "int8 edge model, test split")
         update_bundle(bundle, manifest, {EDGE_FILE: converted.int8, CURVE_PNG: curve_png, CONFUSION_PNG: cm_png})
@@ -376,11 +377,20 @@ def quantize_bundle(
     progress: bool = True,
     quantizer: Quantizer = "tflite-converter",
     latency_runs: int = 200,
+    routing: RoutingConfig | None = None,
+    num_ood_train: int = 2000,
 ) -> dict[str, Any]:
-    """Add the int8 edge model, the parity report and the calibrated routing to a bundle; return the report."""
+    """Add the int8 edge model, the parity report and the calibrated routing to a bundle; return the report.
+
+    ``routing`` says how the routing is fitted (default: a threshold within ``target_gap`` points of the cloud
+    with probability 1 - 0.1, or the best within ``max_offload``); ``num_ood_train`` training images fit the
+    out-of-distribution score.
+    """
     t_start = time.perf_counter()
     settings = QuantizeSettings(calib_dir, num_calib, io_dtype, max_drop, allow_float_ops, target_gap, max_offload,
-                         progress, quantizer, latency_runs)
+                                progress, quantizer, latency_runs,
+                                routing or RoutingConfig(target_gap=target_gap, max_offload=max_offload),
+                                num_ood_train)
     check_settings(settings)
     bundle = open_bundle(bundle_path)
     data = load_data(bundle, settings)
@@ -391,9 +401,9 @@ def quantize_bundle(
     report = base_report(bundle, nets, data, converted, ops, parity, settings)
     refuse_accuracy_drop(parity, settings.max_drop, report)
     report["latency"] = measure_latency(converted, data.test.x, settings)
-    calibration = calibrate_routing(converted, nets, data.val, settings)
-    report["calibration"] = calibration_report(calibration, settings)
+    routing, fit = calibrate_routing(converted, nets, data, settings)
+    report["calibration"] = routing_step.report_section(fit)
     report["passed"] = True
     report["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
-    write_quantized(bundle, converted, parity, calibration, report)
+    write_quantized(bundle, converted, parity, routing, fit, report)
     return report

@@ -41,10 +41,41 @@ def _params(detail: dict) -> QuantParams | None:
     return QuantParams(scale=float(scale), zero_point=int(zp), dtype=dt.name)
 
 
+def output_detail(it, name: str = "probabilities") -> dict:
+    """The details of a model's only output, or of its signature output ``name`` when it has several."""
+    outs = it.get_output_details()
+    if len(outs) == 1:
+        return outs[0]
+    named = it.get_signature_runner().get_output_details()
+    if name not in named:
+        raise ValueError(f"the model has outputs {sorted(named)}, none named {name!r}")
+    index = named[name]["index"]
+    return next(d for d in outs if d["index"] == index)
+
+
 def io_quant(model: ModelSource) -> tuple[QuantParams | None, QuantParams | None]:
-    """(input, output) quantization of a model; None for a float tensor."""
+    """(input, probabilities output) quantization of a model; None for a float tensor."""
     it = make_interpreter(model, delegates=False)
-    return _params(it.get_input_details()[0]), _params(it.get_output_details()[0])
+    return _params(it.get_input_details()[0]), _params(output_detail(it))
+
+
+def run_tflite_named(model: ModelSource, x: np.ndarray, *, num_threads: int = 1, progress: bool = False,
+                     desc: str = "tflite") -> dict[str, np.ndarray]:
+    """float32 (N, H, W, C) -> every signature output of the model by name, dequantized to float32, one image a call."""
+    from tqdm.auto import tqdm
+
+    it = make_interpreter(model, num_threads=num_threads)
+    runner = it.get_signature_runner()
+    (in_name, in_detail), = runner.get_input_details().items()
+    out_details = runner.get_output_details()
+    in_q = _params(in_detail)
+    outs: dict[str, list[np.ndarray]] = {k: [] for k in out_details}
+    for xi in tqdm(np.asarray(x, np.float32), desc=desc, unit="img", disable=not progress, leave=False):
+        res = runner(**{in_name: quantize(xi[None], in_q) if in_q is not None else xi[None]})
+        for k, d in out_details.items():
+            q = _params(d)
+            outs[k].append(dequantize(res[k], q) if q is not None else res[k].astype(np.float32))
+    return {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in outs.items()}
 
 
 def run_tflite(
@@ -65,7 +96,7 @@ def run_tflite(
     from tqdm.auto import tqdm
 
     it = make_interpreter(model, num_threads=num_threads)
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    inp, out = it.get_input_details()[0], output_detail(it)
     in_q = quant or _params(inp)
     out_q = _params(out)
     dynamic = int(inp["shape_signature"][0]) == -1
@@ -81,7 +112,7 @@ def run_tflite(
         if tuple(xb.shape) != current:
             it.resize_tensor_input(inp["index"], list(xb.shape))
             it.allocate_tensors()
-            inp, out = it.get_input_details()[0], it.get_output_details()[0]
+            inp, out = it.get_input_details()[0], output_detail(it)
             current = tuple(xb.shape)
         it.set_tensor(inp["index"], quantize(xb, in_q) if in_q is not None else xb)
         it.invoke()

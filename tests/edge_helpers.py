@@ -20,6 +20,18 @@ from edge_sdk.preprocess import InputSpec, PreprocessSpec, QuantParams  # noqa: 
 LABELS = [f"c{i}" for i in range(4)]
 SIZE = 8
 
+# The first lines of a script run in a subprocess that stands for a device: importing TensorFlow, Keras, scikit-learn,
+# SciPy, quantize or cloud fails there, as it would on a phone; the script then imports json and what it needs.
+DEVICE_BLOCKED = ("tensorflow", "keras", "sklearn", "scipy", "quantize", "cloud", "jax", "torch")
+DEVICE_ONLY_PRELUDE = (
+    "import sys, importlib.abc, json\n"
+    "class Block(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    f"        if name.split('.')[0] in {DEVICE_BLOCKED!r}:\n"
+    "            raise ModuleNotFoundError(name)\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
 
 def tiny_keras(size: int = SIZE, channels: int = 1, classes: int = len(LABELS), seed: int = 0):
     import keras

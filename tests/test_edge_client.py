@@ -26,7 +26,7 @@ from edge_sdk.breaker import CircuitBreaker
 from edge_sdk.client import CloudClient, _parse_retry_after, deadline_after
 from edge_sdk.errors import CloudError, CloudUnavailableError, InvalidImageError
 from edge_sdk.hybrid import HybridClassifier
-from edge_sdk.preprocess import decode_bytes
+from edge_sdk.preprocess import decode_bytes, resize
 
 BASE = "http://cloud.test"
 URL = f"{BASE}/v2/models/tiny/infer"
@@ -93,8 +93,8 @@ def test_unsure_edge_asks_cloud_with_a_v2_request(tiny, edge_answer):
     t = body["inputs"][0]
     assert (t["name"], t["datatype"], t["shape"]) == ("image", "BYTES", [1])
     sent = base64.b64decode(t["data"][0])
-    assert sent[:3] == b"\xff\xd8\xff"  # JPEG
-    assert decode_bytes(sent).shape == (SIZE, SIZE, 3)  # resized to the model input before upload
+    assert sent[:4] == b"RIFF" and sent[8:12] == b"WEBP"  # default upload "auto": an array goes as lossless WebP
+    assert np.array_equal(decode_bytes(sent), resize(img[..., ::-1], SIZE, SIZE, "stretch"))  # the edge's pixels
     assert p.bytes_sent == len(req.body)
     assert clf.stats().bytes_sent == len(req.body)
 

@@ -104,7 +104,7 @@ def test_against_a_server_matches_inprocess(inprocess, quantized_bundle_session,
     assert remote["cloud-only"].reasons == {"cloud_only": n}
     assert remote["cloud-only"].bytes_per_image > 100 and remote["cloud-only"].latency_mean_ms > 0
     assert h.bytes_per_image == pytest.approx(h.offload * remote["cloud-only"].bytes_per_image, rel=0.25)
-    assert set(h.reasons) <= {"confident", "low_confidence"}  # no cloud errors, no fallbacks
+    assert set(h.reasons) <= {"confident", "low_confidence", "out_of_distribution"}  # no cloud errors, no fallbacks
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["cloud"] == {"where": "http", "url": server_url, "upload": "original", "model": rep["name"]}
 

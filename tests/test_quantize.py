@@ -193,7 +193,7 @@ def test_max_drop_failure_leaves_bundle_byte_identical(trained_bundle, tmp_path,
 
 @pytest.mark.slow
 def test_uint8_io(tmp_path):
-    from quantize.tflite_eval import io_quant, make_interpreter, run_tflite
+    from quantize.tflite_eval import io_quant, make_interpreter, output_detail, run_tflite
 
     bundle = tiny_bundle(tmp_path / "b")
     rep = quantize_bundle(bundle, io_dtype="uint8", progress=False, max_drop=100)
@@ -205,7 +205,9 @@ def test_uint8_io(tmp_path):
     model = b.model_path("edge")
     assert (edge.input_quant, edge.output_quant) == io_quant(model)
     it = make_interpreter(model)
-    assert it.get_input_details()[0]["dtype"] == np.uint8 and it.get_output_details()[0]["dtype"] == np.uint8
+    probs_out = output_detail(it)  # the model also has the routing outputs (logits, features), all uint8
+    assert it.get_input_details()[0]["dtype"] == np.uint8
+    assert {d["dtype"] for d in it.get_output_details()} == {np.uint8}
 
     # the edge SDK's path: quantize with the manifest's params, invoke, dequantize
     x = np.random.default_rng(0).random((3, 32, 32, 1), dtype=np.float32)
@@ -213,7 +215,7 @@ def test_uint8_io(tmp_path):
     for xi in x:
         it.set_tensor(it.get_input_details()[0]["index"], quantize(xi[None], edge.input_quant))
         it.invoke()
-        by_hand.append(dequantize(it.get_tensor(it.get_output_details()[0]["index"]), edge.output_quant)[0])
+        by_hand.append(dequantize(it.get_tensor(probs_out["index"]), edge.output_quant)[0])
     probs = run_tflite(model, x)
     np.testing.assert_array_equal(probs, np.stack(by_hand))
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=0.03)
@@ -254,33 +256,45 @@ def test_digits_int8_meets_parity_targets(quantized_bundle_session):
 
 
 @pytest.mark.slow
-def test_routing_threshold_is_a_point_of_the_stored_curve(quantized_bundle_session):
+def test_routing_record_is_measured_on_the_calibration_part(quantized_bundle_session):
+    """The manifest's estimate and bound are what the SDK's own scores give on the validation calibration part."""
     import keras
 
+    from edge_sdk.runtime import LocalModel
+    from edge_sdk.scores import LOWER_IS_CONFIDENT, DeferralModel, metric_scores
     from quantize.data import load_arrays, split_from_info
-    from quantize.tflite_eval import run_tflite
+    from quantize.routing_calibration import split_fit_calibrate
+    from quantize.threshold_bound import gap_upper_bound
 
     b = load_bundle(quantized_bundle_session)
     r = b.manifest.routing
     cal = r.calibration
-    assert cal is not None and r.metric == cal["chosen"]["metric"] and r.threshold == cal["chosen"]["threshold"]
-    curve = cal["curves"][r.metric]
-    i = curve["threshold"].index(r.threshold)
-    floor = cal["cloud_accuracy"] - cal["target_gap_points"] / 100
-    assert curve["hybrid_accuracy"][i] >= floor
-    assert set(cal["curves"]) == {"max_prob", "margin", "entropy"}
-    for cv in cal["curves"].values():
-        feasible = [o for o, a in zip(cv["offload"], cv["hybrid_accuracy"], strict=False) if a >= floor - 1e-12]
-        assert min(feasible) >= curve["offload"][i] - 1e-12
+    assert cal["mode"] == "target_gap" and cal["delta"] == 0.1 and r.metric == cal["metric"]
+    assert cal["n"] + cal["n_fit"] == cal["n_val"] and r.threshold == cal["threshold"]
+    assert cal["bound_points"] >= cal["estimate_points"] or cal["too_small"]
+    assert cal["offload"] >= cal["point_estimate"]["offload"]  # the bound never offloads less
+    assert set(cal["curves"]) >= {"max_prob", "margin", "entropy", "oracle"}
 
-    # the curve is measured: recompute the chosen point on the validation split
     m = b.manifest
     val = load_arrays(split_from_info(m.data).val, m.input, m.preprocess, progress=False)
-    p8 = run_tflite(b.model_path("edge"), val.x)
-    pc = np.asarray(keras.saving.load_model(b.model_path("cloud"), compile=False)(val.x, training=False))
-    ok = is_confident(confidence_scores(p8, r.metric), r.threshold, r.metric)
-    assert np.isclose(1 - ok.mean(), curve["offload"][i])
-    assert np.isclose(np.where(ok, p8.argmax(1) == val.y, pc.argmax(1) == val.y).mean(), curve["hybrid_accuracy"][i])
+    _, idx = split_fit_calibrate(val.y, 0.5)
+    model = LocalModel.from_bundle(b)
+    outs = [model.predict_outputs(model.quantize_input(x)) for x in val.x[idx]]
+    batch = {k: np.stack([o[k] for o in outs]) for k in outs[0]}
+    deferral = DeferralModel(r.deferral) if r.deferral else None
+    s = metric_scores(batch, r.metric, temperature=r.temperature, deferral=deferral,
+                      prob_floor=model.output_quant.scale / 2)
+    kept = s <= r.threshold if r.metric in LOWER_IS_CONFIDENT else s >= r.threshold
+    pc = np.asarray(keras.saving.load_model(b.model_path("cloud"), compile=False)(val.x[idx], training=False))
+    e_ok, c_ok = batch["probabilities"].argmax(1) == val.y[idx], pc.argmax(1) == val.y[idx]
+    harm, help_ = int((kept & c_ok & ~e_ok).sum()), int((kept & e_ok & ~c_ok).sum())
+    assert np.isclose(1 - kept.mean(), cal["offload"])
+    assert np.isclose(100 * (harm - help_) / len(idx), cal["estimate_points"])
+    if not cal["too_small"]:
+        assert np.isclose(100 * gap_upper_bound(harm, help_, len(idx), 0.1), cal["bound_points"])
+        assert cal["bound_points"] <= cal["target_gap_points"]
+    else:
+        assert kept.sum() == 0 and cal["note"]
 
 
 def test_bundle_without_data_needs_calib(tmp_path):

@@ -7,6 +7,9 @@ import json
 import os
 import sys
 
+from ..scores import OOD_ACTIONS, ROUTING_METRICS
+from ..upload import UPLOADS
+
 HELP = "classify images with a bundle's int8 model, asking the cloud for the hard ones"
 
 
@@ -23,10 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "keys are never taken on the command line")
     p.add_argument("--mode", choices=("auto", "edge_only", "cloud_only"), default="auto")
     p.add_argument("--threshold", type=float, default=None, help="override the bundle's calibrated threshold")
-    p.add_argument("--metric", choices=("max_prob", "margin", "entropy"), default=None,
+    p.add_argument("--metric", choices=ROUTING_METRICS, default=None,
                    help="override the bundle's metric (needs --threshold)")
+    p.add_argument("--out-of-distribution", choices=OOD_ACTIONS, default="cloud",
+                   help="a frame unlike the training data: ask the cloud, answer 'unknown', or ignore the flag [cloud]")
     p.add_argument("--deadline-ms", type=float, default=2000.0, help="per-image deadline (default 2000)")
-    p.add_argument("--upload", choices=("jpeg", "original", "tensor"), default="jpeg", help="what to send to the cloud")
+    p.add_argument("--upload", choices=UPLOADS, default="auto", help="what to send to the cloud [auto]")
     p.add_argument("--ca-bundle", default=None, help="CA certificate file to verify the server's TLS certificate")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     clf = HybridClassifier.from_bundle(
         args.bundle, cloud_url=args.cloud_url, api_key=os.environ.get(args.api_key_env) or None, mode=args.mode,
         deadline_ms=args.deadline_ms, threshold=args.threshold, metric=args.metric, num_threads=args.threads,
-        upload=args.upload, ca_bundle=args.ca_bundle,
+        upload=args.upload, ca_bundle=args.ca_bundle, out_of_distribution=args.out_of_distribution,
     )
     failed = 0
     with clf:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edge_sdk.upload import UPLOADS
+
 HELP = "the whole pipeline on the built-in digits: train, quantize, serve, run the edge SDK; print the results"
 
 
@@ -15,8 +17,8 @@ def add_arguments(p) -> None:
     p.add_argument("--reuse", action="store_true",
                    help="reuse the quantized bundles an earlier run left in --out; only serve and evaluate")
     p.add_argument("--edge-width", type=float, default=0.25, help="width of the little edge CNN (big/little) [0.25]")
-    p.add_argument("--upload", choices=("jpeg", "original", "tensor"), default="jpeg",
-                   help="what the edge SDK sends to the cloud [jpeg]")
+    p.add_argument("--upload", choices=UPLOADS, default="auto",
+                   help="what the edge SDK sends to the cloud [auto]")
     p.add_argument("--seed", type=int, default=0, help="seed of the data split and training [0]")
     p.add_argument("--no-detect", action="store_true", help="skip the detection section")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

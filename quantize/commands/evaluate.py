@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from edge_sdk.upload import UPLOADS
+
 HELP = "score edge-only, cloud-only and hybrid on a labelled image folder; print a table, write a report folder"
 
 
@@ -19,8 +21,8 @@ def add_arguments(p) -> None:
                    help="environment variable holding the server's API key [HV_API_KEY]; never on the command line")
     p.add_argument("--cloud-model", default=None,
                    help="the model's name on the server, if not the bundle's name (Triton/KServe model repositories)")
-    p.add_argument("--upload", choices=("jpeg", "original", "tensor"), default="jpeg",
-                   help="what the SDK sends to the cloud [jpeg]")
+    p.add_argument("--upload", choices=UPLOADS, default="auto",
+                   help="what the SDK sends to the cloud [auto]")
     p.add_argument("--deadline-ms", type=float, default=10_000.0, help="per-image deadline for cloud calls [10000]")
     p.add_argument("--out", default=None, help="report folder (default: evaluate-<bundle name>)")
     p.add_argument("--skip-bad", action="store_true",
@@ -51,8 +53,9 @@ def run_detect(args, out: str) -> int:
 
 def run(args) -> int:
     from edge_sdk.bundle import load_bundle
+    from edge_sdk.scores import LOWER_IS_CONFIDENT
 
-    from ..evaluate import evaluate_bundle
+    from ..evaluate import evaluate_bundle, format_routing
 
     out = args.out or f"evaluate-{os.path.basename(os.path.normpath(args.bundle))}"
     if load_bundle(args.bundle, verify=False).manifest.task == "detect":
@@ -64,9 +67,10 @@ def run(args) -> int:
     )
     r = ev.report
     where = f"cloud at {args.cloud_url}" if args.cloud_url else "cloud model in-process (no network)"
-    op = "<=" if r["routing"]["metric"] == "entropy" else ">="
+    op = "<=" if r["routing"]["metric"] in LOWER_IS_CONFIDENT else ">="
     print(ev.table(f"{r['name']} on {r['data']['source']}: {r['data']['n']} images, {where}; "
                    f"hybrid = edge answer when {r['routing']['metric']} {op} {r['routing']['threshold']:.4g}"))
+    print(format_routing(r["routing"]))
     if r["data"]["skipped"]:
         print(f"skipped {r['data']['skipped']} unreadable image(s), e.g. {r['data']['skipped_files'][0][0]}")
     print(f"report: {r['files']['report']}")

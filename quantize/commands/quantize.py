@@ -19,7 +19,12 @@ def add_arguments(p) -> None:
                         "below float [1.0; 1.5 for detection]")
     p.add_argument("--allow-float-ops", action="store_true", help="accept operators that stay in float")
     p.add_argument("--target-gap", type=float, default=0.5,
-                   help="routing: lowest offload whose hybrid accuracy is within this many points of the cloud's [0.5]")
+                   help="routing: least offload whose hybrid accuracy is within this many points of the cloud's, "
+                        "with probability 1 - --delta on new data [0.5]")
+    p.add_argument("--delta", type=float, default=0.1,
+                   help="routing: the chance the --target-gap may be missed on new data [0.1]")
+    p.add_argument("--ood", choices=["mahalanobis", "energy", "max_logit", "none"], default="mahalanobis",
+                   help="out-of-distribution score fitted on the training data [mahalanobis]")
     p.add_argument("--max-offload", type=float, metavar="F",
                    help="routing instead: best hybrid accuracy sending at most this fraction to the cloud")
     p.add_argument("--quantizer", choices=["tflite-converter", "ai-edge-quantizer"], default="tflite-converter",
@@ -71,11 +76,24 @@ def _agreement_rows(by_class: dict[str, Any] | None) -> list[tuple[str, str]]:
 
 
 def format_calibration(c: dict[str, Any]) -> str:
-    how = (f"best accuracy with offload <= {c['max_offload']:g}" if c["mode"] == "max_offload"
-           else f"lowest offload within {c['target_gap_points']:g} points of the cloud")
-    return (f"routing ({how}, validation split): metric {c['metric']}, threshold {c['threshold']:.6g} -> "
-            f"offload {_pct(c['offload'])}, hybrid accuracy {_pct(c['hybrid_accuracy'])} "
-            f"(cloud {_pct(c['val_cloud_accuracy'])}, edge {_pct(c['val_edge_accuracy'])})")
+    """The routing lines: the threshold and how sure it is, the temperature, the out-of-distribution score."""
+    if c["mode"] == "max_offload":
+        head = (f"routing (best accuracy with offload <= {c['max_offload']:g}, no bound): metric {c['metric']}, "
+                f"threshold {c['threshold']:.6g} -> offload {_pct(c['offload'])}")
+    else:
+        head = (f"routing (within {c['target_gap_points']:g} points of the cloud with probability "
+                f"{1 - c['delta']:g}): metric {c['metric']}, threshold {c['threshold']:.6g} -> offload "
+                f"{_pct(c['offload'])}; gap estimate {c['estimate_points']:.2f} points, bound "
+                f"{c['bound_points']:.2f} (n={c['n']}, delta={c['delta']:g}; cloud {_pct(c['cloud_accuracy'])}, "
+                f"edge {_pct(c['edge_accuracy'])})")
+    lines = [head, f"temperature {c['temperature']:.3f}: ECE {_pct(c['ece_before'])} -> {_pct(c['ece_after'])}"]
+    if c.get("note"):
+        lines.append(f"note: {c['note']}")
+    if "ood" in c:
+        o = c["ood"]
+        lines.append(f"out of distribution: {o['kind']} on {', '.join(o['outputs']) or 'logits'}, threshold "
+                     f"{o['threshold']:.4g} ({_pct(1 - o['in_distribution_rate'])} of validation images above it)")
+    return "\n".join(lines)
 
 
 def format_detect_report(r: dict[str, Any]) -> str:
@@ -123,6 +141,7 @@ def run(args) -> int:
     from edge_sdk.bundle import load_bundle
 
     from ..pipeline import AccuracyDropError, QuantizeError, quantize_bundle
+    from ..routing_calibration import RoutingConfig
 
     try:
         task = load_bundle(args.bundle, verify=False).manifest.task
@@ -136,6 +155,8 @@ def run(args) -> int:
             max_drop=1.0 if args.max_drop is None else args.max_drop,
             allow_float_ops=args.allow_float_ops, target_gap=args.target_gap, max_offload=args.max_offload,
             progress=not args.quiet, quantizer=args.quantizer,
+            routing=RoutingConfig(target_gap=args.target_gap, max_offload=args.max_offload, delta=args.delta,
+                                  ood=None if args.ood == "none" else args.ood),
         )
     except AccuracyDropError as e:
         if e.report:
