@@ -171,6 +171,10 @@ def fit_routing(val: Labelled, train: Labelled | None, cfg: RoutingConfig = Rout
                 prob_floor: float = 1e-4) -> RoutingFit:
     """Temperature, deferral model, threshold (with its bound) and OOD score, from held-out edge and cloud answers."""
     fit_idx, cal_idx = split_fit_calibrate(val.y, cfg.fit_fraction, cfg.seed)
+    if len(fit_idx) == 0 or len(cal_idx) == 0:
+        # Too few validation images to split (a few a class): both parts are all of them. The bound on so few
+        # images certifies nothing, so everything is offloaded and the record says the set is too small.
+        fit_idx = cal_idx = np.arange(len(val.y))
     fit, cal = val.take(fit_idx), val.take(cal_idx)
     t, t_info = temperature_record(fit, cal, prob_floor)
     deferral, d_info = (None, {"skipped": "not asked for"})
