@@ -10,7 +10,7 @@ INTEROP_PY   := $(INTEROP_VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast lint venv clean bench bench-detect interop interop-venv
+.PHONY: demo test test-all test-fast lint venv clean bench bench-detect interop interop-venv
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,9 @@ demo: venv
 	$(VENV)/bin/hybrid-vision demo
 
 test: venv
+	$(PY) -m pytest -q -m "not extended"
+
+test-all: venv
 	$(PY) -m pytest -q
 
 test-fast: venv

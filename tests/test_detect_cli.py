@@ -19,7 +19,7 @@ from edge_sdk.bundle import load_bundle
 from quantize.detect import synth
 from quantize.detect.annotations import write_coco, write_yolo
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # `make test-all`; CI keeps under 20 minutes
 
 REPO = Path(__file__).resolve().parent.parent
 

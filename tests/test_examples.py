@@ -194,6 +194,7 @@ def test_flywheel_help():
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # `make test-all`: the whole cycle trains, distils and re-quantizes
 def test_flywheel_runs_the_whole_cycle_on_loopback(tmp_path):
     """Train, serve, collect, distill, update over the air, stream again: small, so it runs in a few minutes."""
     out = tmp_path / "fw"

@@ -29,6 +29,7 @@ def _wait(what, predicate, timeout_s: float) -> float:
     return time.monotonic() - t0
 
 
+@pytest.mark.extended  # `make test-all`
 @pytest.mark.slow  # 101 s at load 17 on 2 cores: a second replica starts, then the scale-down delay
 def test_cli_on_ray_autoscales_1_to_2_under_load_and_back(ray_cluster, trained_bundle_session, digits_dir):
     deployment = f"Model-{load_bundle(trained_bundle_session).manifest.name}"

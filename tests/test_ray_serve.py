@@ -145,6 +145,7 @@ def test_the_edge_sdk_unchanged_works_against_ray(ray_url, plain_url, bundle, pn
         assert got.confidence == pytest.approx(ref.confidence, abs=1e-5)
 
 
+@pytest.mark.extended  # `make test-all`
 @pytest.mark.slow  # 73 s at load 17 on 2 cores: the killed replica restarts (TensorFlow, the model, its warm-up)
 def test_killing_a_replica_under_load_loses_no_answer(ray_cluster, ray_url, bundle, name, pngs):
     """32 SDK clients (cloud_only: every answer must come from the service); one model replica SIGKILLed.
