@@ -112,7 +112,8 @@ def overhead(bundle: Path, calls: int, work: Path, rounds: int = 7) -> dict:
         "hybrid_edge_only_png_bytes": lambda: edge.predict(png),
     }
     assert auto.predict(bgr).reason == "confident"
-    assert np.array_equal(edge.predict(bgr).probabilities, model.predict_quantized(x0))
+    # the same answer as the bare model (a routing bundle's probabilities are shown after its temperature)
+    assert int(np.argmax(edge.predict(bgr).probabilities)) == int(np.argmax(model.predict_quantized(x0)))
     for fn in cases.values():  # warm up every path (per-thread interpreters, caches)
         _per_call_us(fn, 200)
     cpu: dict[str, list[float]] = {k: [] for k in cases}
