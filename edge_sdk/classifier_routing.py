@@ -105,14 +105,24 @@ class RoutingPlan:
 
     @property
     def reads_outputs(self) -> bool:
-        """Whether a score needs more than the probabilities (then every output is read per call)."""
+        """Whether a score needs more than the probabilities (then the outputs it names are read per call)."""
         return self.temperature != 1.0 or self.metric == "deferral" or self.ood is not None
+
+    @property
+    def outputs_read(self) -> frozenset[str]:
+        """The model outputs beside the probabilities that the scores read (one the model lacks is ignored)."""
+        names = {"logits"}  # the temperature, the deferral model and the logit OOD scores start from the logits
+        if self.metric == "deferral":
+            names.add("features")
+        if self.ood is not None:
+            names.update(self.ood.needs)
+        return frozenset(names)
 
 
 class ClassifierEdge:
     """One edge model ready to run: its pixel table, interpreter and routing plan. An update builds a new one."""
 
-    __slots__ = ("model", "pixels", "plan", "_floor")
+    __slots__ = ("model", "pixels", "plan", "_floor", "_reads")
 
     def __init__(self, model: LocalModel, input_spec: InputSpec, preprocess_spec: PreprocessSpec,
                  num_classes: int, plan: RoutingPlan) -> None:
@@ -131,18 +141,19 @@ class ClassifierEdge:
         self.pixels = PixelQuantizer(input_spec, preprocess_spec, model.input_quant)
         self.plan = plan
         self._floor = model.output_quant.scale / 2  # what an int8 zero probability stands for in log p
+        self._reads = plan.outputs_read  # only these are read and dequantized per call
 
     def __call__(self, staged: Staged) -> EdgeOutput:
         xq = self.pixels(staged.resized)
         plan = self.plan
         if not plan.reads_outputs:
             return EdgeOutput(self.model.predict_quantized(xq))
-        raw = self.model.predict_outputs(xq)
+        raw = self.model.predict_outputs(xq, self._reads)
         logits = edge_logits(raw, self._floor)
         probs = softmax(logits, plan.temperature)[0] if plan.temperature != 1.0 else raw["probabilities"]
         if plan.ood is None:
             return EdgeOutput(probs, raw, logits)
-        score = float(plan.ood(raw)[0])
+        score = plan.ood.score_one(raw)
         return EdgeOutput(probs, raw, logits, score, score > plan.ood.threshold)
 
 

@@ -23,7 +23,7 @@ import hashlib
 import importlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -356,21 +356,23 @@ class LocalModel:
         """Names of the outputs beside ``probabilities`` (e.g. ``features``, ``logits``)."""
         return self._extra_names
 
-    def predict_outputs(self, xq: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the model and read every output.
+    def predict_outputs(self, xq: np.ndarray, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model and read its outputs.
 
         Args:
             xq: one already-quantized HxWxC (or 1xHxWxC) input.
+            names: the outputs beside ``probabilities`` to read (default: all; one the model lacks is skipped).
 
         Returns:
-            Every output by name, dequantized: ``probabilities`` [C], the others (``logits``, ``features``, ...) [K].
+            The outputs by name, dequantized: ``probabilities`` [C], the others (``logits``, ``features``, ...) [K].
         """
         interp, i_in, i_out, extras = self._slot()
         interp.set_tensor(i_in, xq.reshape(self._batch_shape))
         interp.invoke()
         out = {"probabilities": self._deq[interp.get_tensor(i_out)[0].view(np.uint8)]}
         for name, index in zip(self._extra_names, extras, strict=True):
-            out[name] = self._extra_deq[name][interp.get_tensor(index).reshape(-1).view(np.uint8)]
+            if names is None or name in names:
+                out[name] = self._extra_deq[name][interp.get_tensor(index).reshape(-1).view(np.uint8)]
         return out
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:

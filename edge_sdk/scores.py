@@ -63,11 +63,11 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     Returns:
         Probabilities, the shape of ``logits``.
     """
-    z = np.asarray(logits, np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
-    return out
+    z: np.ndarray = np.asarray(logits, np.float64) / temperature  # a new array: the rest works in place
+    z -= z.max(axis=-1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    return z
 
 
 def logsumexp(z: np.ndarray) -> np.ndarray:
@@ -275,21 +275,41 @@ class OODScorer:
         self.kind = params.kind
         self.threshold = float(params.threshold)
         self.needs: tuple[str, ...] = tuple(c.output for c in params.components) or ("logits",)
-        self._parts = [(c.output, np.asarray(c.means, np.float64), np.asarray(c.precision, np.float64), c.center,
-                        c.scale) for c in params.components]
+        self._parts = [(c.output, Mahalanobis(np.asarray(c.means), np.asarray(c.precision), c.center, c.scale))
+                       for c in params.components]
 
     def __call__(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
         if self.kind != "mahalanobis":
             z = edge_logits(outputs)
             return energy(z) if self.kind == "energy" else -z.max(axis=-1)
         total: np.ndarray | None = None
-        for name, means, precision, center, scale in self._parts:
+        for name, standardised_distance in self._parts:
             if name not in outputs:
                 raise ValueError(f"the out-of-distribution score reads the model's {name!r} output, which it lacks")
-            f = np.atleast_2d(np.asarray(outputs[name], np.float64))
-            part = (mahalanobis_min(f, means, precision) - center) / scale
+            part = standardised_distance(outputs[name])
             total = part if total is None else total + part
         assert total is not None
+        return total
+
+    def score_one(self, outputs: Mapping[str, np.ndarray]) -> float:
+        """The score of one frame (the routing path's per-call form of ``self(outputs)[0]``).
+
+        Args:
+            outputs: one frame's named outputs, each [D] (or [1, D]).
+
+        Returns:
+            Its score; higher is less like the training data.
+
+        Raises:
+            ValueError: an output the score reads is missing.
+        """
+        if self.kind != "mahalanobis":
+            return float(self(outputs)[0])
+        total = 0.0
+        for name, standardised_distance in self._parts:
+            if name not in outputs:
+                raise ValueError(f"the out-of-distribution score reads the model's {name!r} output, which it lacks")
+            total += standardised_distance.one(outputs[name].reshape(-1))
         return total
 
     def is_out(self, score: np.ndarray | float) -> np.ndarray | bool:
@@ -304,6 +324,61 @@ class OODScorer:
         return np.asarray(score) > self.threshold
 
 
+class Mahalanobis:
+    """min over class means of (f - mu)^T P (f - mu) (Lee et al. 2018), optionally standardised as
+    (distance - center) / scale, with all that does not depend on f computed once.
+
+    Expanded as f^T P f - 2 f . (P mu) + mu^T P mu, one call is a single [D, D + K] matrix product (P beside
+    -2 P mu), a row-wise dot and a min: the per-call path of a routing bundle's out-of-distribution score.
+    """
+
+    __slots__ = ("_dim", "_product", "_mean_terms")
+
+    def __init__(self, means: np.ndarray, precision: np.ndarray, center: float = 0.0, scale: float = 1.0) -> None:
+        """Args:
+            means: [K, D] class means.
+            precision: [D, D] the shared covariance's inverse (symmetric).
+            center: subtracted from the distance.
+            scale: then divided into it (> 0, so the nearest mean stays the nearest).
+        """
+        means = np.asarray(means, np.float64)
+        p = np.asarray(precision, np.float64) / scale
+        p_means = means @ p.T  # [K, D]: P mu_k (over scale)
+        self._dim = p.shape[0]
+        self._product = np.ascontiguousarray(np.concatenate([p, -2.0 * p_means.T], axis=1))  # [D, D + K]
+        self._mean_terms = np.einsum("kd,kd->k", means, p_means) - center / scale  # [K]
+
+    def __call__(self, f: np.ndarray) -> np.ndarray:
+        """Args:
+            f: [N, D] or [D] features.
+
+        Returns:
+            [N] (squared distance to the nearest mean - center) / scale.
+        """
+        f = np.asarray(f, np.float64)
+        if f.ndim == 1:
+            return np.array([self.one(f)])
+        d = self._dim
+        y = f @ self._product  # [N, D + K]: f^T P and -2 f . P mu_k
+        own = np.einsum("nd,nd->n", y[:, :d], f)  # f^T P f
+        out: np.ndarray = (y[:, d:] + self._mean_terms).min(axis=1) + own
+        return out
+
+    def one(self, f: np.ndarray) -> float:
+        """The per-call path for one frame: a vector product, a dot and a min (float32 features are widened
+        exactly, inside the products).
+
+        Args:
+            f: [D] features.
+
+        Returns:
+            (squared distance to the nearest mean - center) / scale.
+        """
+        y = f @ self._product
+        d = self._dim
+        return float((y[d:] + self._mean_terms).min()) + float(y[:d] @ f)
+
+
 def mahalanobis_min(f: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """min over the rows of ``means`` of (f - mu)^T P (f - mu) (Lee et al. 2018).
 
@@ -315,9 +390,7 @@ def mahalanobis_min(f: np.ndarray, means: np.ndarray, precision: np.ndarray) -> 
     Returns:
         [N] squared distances to the nearest mean.
     """
-    d = f[:, None, :] - means[None, :, :]  # N, K, D
-    out: np.ndarray = np.einsum("nkd,de,nke->nk", d, precision, d).min(axis=1)
-    return out
+    return Mahalanobis(means, precision)(f)
 
 
 # --- all of it for one call ------------------------------------------------------------------
