@@ -43,6 +43,8 @@ def test_local_model_reads_named_outputs(models):
     assert np.abs(softmax(out["logits"]) - ref).max() < 0.05
     named = run_tflite_named(routed, rep[:3])
     assert np.allclose(named["logits"][0], out["logits"]) and named["features"].shape == (3, 4)
+    some = m.predict_outputs(xq, {"logits", "absent"})  # only what a score reads; a name the model lacks is skipped
+    assert set(some) == {"probabilities", "logits"} and np.array_equal(some["logits"], out["logits"])
 
 
 def test_single_output_models_have_no_extras(models):

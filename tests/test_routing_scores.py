@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 from edge_helpers import DEVICE_ONLY_PRELUDE
 
-from edge_sdk.scores import DeferralModel, DeferralParams, OODScorer, energy, logits_from_probs, softmax
+from edge_sdk.scores import (
+    DeferralModel,
+    DeferralParams,
+    Mahalanobis,
+    OODScorer,
+    energy,
+    logits_from_probs,
+    softmax,
+)
 from quantize.routing_fit import (
     auroc,
     cloud_fixes,
@@ -160,6 +168,39 @@ def test_mahalanobis_separates_outliers_and_energy_scores_flat_logits_as_unusual
     both = fit_ood("mahalanobis", val, train_outputs=train, train_y=y[:600], outputs=("features", "logits"),
                    class_conditional=False)
     assert len(both.params.components) == 2 and auroc(OODScorer(both.params)(val), OODScorer(both.params)(out)) > 0.99
+
+
+def test_the_precomputed_mahalanobis_equals_the_textbook_form_for_batches_and_single_frames():
+    rng = np.random.default_rng(4)
+    d, k = 24, 7
+    a = rng.normal(size=(3 * d, d))
+    precision = np.linalg.inv(a.T @ a / len(a))
+    precision = (precision + precision.T) / 2
+    means, f = rng.normal(size=(k, d)), 2 * rng.normal(size=(40, d))
+    diff = f[:, None, :] - means[None]
+    textbook = np.einsum("nkd,de,nke->nk", diff, precision, diff).min(axis=1)  # (f - mu)^T P (f - mu), nearest mu
+    m = Mahalanobis(means, precision, center=5.0, scale=3.0)
+    assert np.allclose(m(f), (textbook - 5.0) / 3.0, rtol=1e-10, atol=1e-10)
+    one = [m.one(row.astype(np.float32)) for row in f]  # the per-call path, from the model's float32 outputs
+    f32 = f.astype(np.float32).astype(np.float64)
+    diff32 = f32[:, None, :] - means[None]
+    expected = (np.einsum("nkd,de,nke->nk", diff32, precision, diff32).min(axis=1) - 5.0) / 3.0
+    assert np.allclose(one, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_the_ood_score_of_one_frame_is_the_batch_score_of_that_frame():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 600)
+    feats = np.array([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]])[y] + rng.normal(0, 1, (600, 3))
+    outs = {"features": feats, "logits": feats}
+    for kind in ("mahalanobis", "energy", "max_logit"):
+        scorer = OODScorer(fit_ood(kind, outs, train_outputs=outs, train_y=y).params)
+        batch = scorer(outs)
+        for i in (0, 17, 599):
+            frame = {name: v[i].astype(np.float32) for name, v in outs.items()}
+            assert scorer.score_one(frame) == pytest.approx(float(scorer({n: v[None] for n, v in frame.items()})[0]),
+                                                            rel=1e-9, abs=1e-9)
+            assert scorer.score_one(frame) == pytest.approx(batch[i], rel=1e-5, abs=1e-5)  # float32 frame
 
 
 def test_auroc_by_hand():
