@@ -295,16 +295,14 @@ def _evaluate_detector(path: Path, url: str, key: str, out: Path, cfg: DemoConfi
 
 
 def print_summary(report: dict[str, Any]) -> None:
-    from .evaluate import Row, format_table
+    from .evaluate import Row, format_table, hybrid_rule
 
     for _name, rep in report["configs"].items():
         rows = [Row(**r) for r in rep["rows"]]
-        routing = rep["routing"]
-        op = "<=" if routing["metric"] in ("entropy", "deferral") else ">="
+        rule = hybrid_rule(rep["routing"]["metric"], rep["routing"]["threshold"])
         _say("")
         _say(format_table(rows, f"{rep['description']}\n(digits test split, n={rep['data']['n']}; edge SDK against "
-                                f"the service; hybrid = edge answer when {routing['metric']} {op} "
-                                f"{routing['threshold']:.4g})"))
+                                f"the service; {rule})"))
     if "detection" in report:
         from .detect.demo import summary
 

@@ -173,6 +173,18 @@ def _kb(n: float) -> str:
     return f"{n / 1024:.1f} KB"
 
 
+def hybrid_rule(metric: str, threshold: float) -> str:
+    """When the hybrid keeps the edge's answer, in words for a table's title.
+
+    A max_prob threshold at or under 0 (a certified threshold when the int8 edge never disagrees with the cloud
+    on the calibration split) is said as what it means: the edge answers every frame it scores in distribution.
+    """
+    if metric == "max_prob" and threshold <= 0:
+        return f"hybrid = edge answer always, but for out-of-distribution frames (max_prob threshold {threshold:.4g})"
+    op = "<=" if metric in LOWER_IS_CONFIDENT else ">="
+    return f"hybrid = edge answer when {metric} {op} {threshold:.4g}"
+
+
 def format_table(rows: Sequence[Row], title: str = "") -> str:
     """A plain-text table, one row per mode: the numbers a README can quote."""
     head = ("mode", "accuracy", "offload", "mean ms", "p95 ms", "bytes/img", "model size")

@@ -30,6 +30,7 @@ from .eval_report import (
     Tradeoff,
     format_routing,
     format_table,
+    hybrid_rule,
     make_row,
     model_sizes,
     plot_tradeoffs,
@@ -40,7 +41,7 @@ from .eval_report import (
 
 __all__ = [
     "EvaluateError", "Evaluation", "evaluate_bundle", "EvalData", "resolve_data", "Row", "Tradeoff",
-    "format_routing", "format_table", "plot_tradeoffs",
+    "format_routing", "format_table", "hybrid_rule", "plot_tradeoffs",
 ]
 
 @dataclass

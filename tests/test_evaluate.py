@@ -12,7 +12,7 @@ from cloud_server import serve_in_thread
 
 from edge_sdk.bundle import load_bundle
 from edge_sdk.cli import main as cli_main
-from quantize.evaluate import EvaluateError, evaluate_bundle, format_table, resolve_data
+from quantize.evaluate import EvaluateError, evaluate_bundle, format_table, hybrid_rule, resolve_data
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 KEY = "evaluate-key-0123456789"
@@ -171,3 +171,12 @@ def test_format_table_lines_up():
     assert "50.00%" in lines[3] and "25.0%" in lines[4] and "2.0 KB int8 .tflite" in lines[4]
     end = lines[1].index("accuracy") + len("accuracy")  # numbers are right-aligned under their header
     assert lines[3].index("50.00%") + len("50.00%") == end == lines[4].index("50.00%") + len("50.00%")
+
+
+def test_the_hybrid_rule_says_what_a_threshold_means():
+    assert hybrid_rule("max_prob", 0.9995) == "hybrid = edge answer when max_prob >= 0.9995"
+    assert hybrid_rule("entropy", 0.25) == "hybrid = edge answer when entropy <= 0.25"
+    assert hybrid_rule("deferral", 0.1) == "hybrid = edge answer when deferral <= 0.1"
+    # a certified max_prob threshold under 0 offloads nothing in distribution: said so, not as "max_prob >= -0.0355"
+    rule = hybrid_rule("max_prob", -0.03546)
+    assert rule.startswith("hybrid = edge answer always") and "out-of-distribution" in rule and ">=" not in rule

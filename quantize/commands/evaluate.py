@@ -53,9 +53,8 @@ def run_detect(args, out: str) -> int:
 
 def run(args) -> int:
     from edge_sdk.bundle import load_bundle
-    from edge_sdk.scores import LOWER_IS_CONFIDENT
 
-    from ..evaluate import evaluate_bundle, format_routing
+    from ..evaluate import evaluate_bundle, format_routing, hybrid_rule
 
     out = args.out or f"evaluate-{os.path.basename(os.path.normpath(args.bundle))}"
     if load_bundle(args.bundle, verify=False).manifest.task == "detect":
@@ -67,9 +66,8 @@ def run(args) -> int:
     )
     r = ev.report
     where = f"cloud at {args.cloud_url}" if args.cloud_url else "cloud model in-process (no network)"
-    op = "<=" if r["routing"]["metric"] in LOWER_IS_CONFIDENT else ">="
-    print(ev.table(f"{r['name']} on {r['data']['source']}: {r['data']['n']} images, {where}; "
-                   f"hybrid = edge answer when {r['routing']['metric']} {op} {r['routing']['threshold']:.4g}"))
+    rule = hybrid_rule(r["routing"]["metric"], r["routing"]["threshold"])
+    print(ev.table(f"{r['name']} on {r['data']['source']}: {r['data']['n']} images, {where}; {rule}"))
     print(format_routing(r["routing"]))
     if r["data"]["skipped"]:
         print(f"skipped {r['data']['skipped']} unreadable image(s), e.g. {r['data']['skipped_files'][0][0]}")
