@@ -19,7 +19,8 @@ device over the air (``check_for_update``). The test split is
 ``../shared/datasets/cifar10/test`` (3,000 photos), never trained on.
 
     python benchmarks/flywheel_bench.py [--train 3000] [--stream 6000] [--rounds 3] [--epochs E]
-        [--edge-epochs E] [--distill-epochs D] [--audit-rate 0.05] [--out DIR] [--bundle QUANTIZED_B0]
+        [--edge-epochs E] [--distill-epochs D] [--audit-rate 0.05] [--edge-max-kb 256] [--target-gap 0.5]
+        [--out DIR] [--bundle QUANTIZED_B0]
 
 Needs the CIFAR-10 folders under $HV_DATASETS (default ../shared/datasets); exits 2 with a message without them.
 """
@@ -84,8 +85,8 @@ def train_b0(labelled: Path, out: Path, args) -> tuple[Path, dict]:
 
     t0, c0 = time.perf_counter(), cpu_s()
     train(TrainConfig(data=str(labelled), out=str(out), epochs=args.epochs, edge_epochs=args.edge_epochs,
-                      seed=args.seed, baseline=False, progress=True))
-    quantize_bundle(out, progress=True)
+                      edge_max_kb=args.edge_max_kb, seed=args.seed, baseline=False, progress=True))
+    quantize_bundle(out, progress=True, target_gap=args.target_gap)
     return out, {"seconds": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_s() - c0, 1)}
 
 
@@ -186,7 +187,8 @@ def distill_round(bundle: Path, collected: Path, out: Path, args) -> dict:
     t0, c0 = time.perf_counter(), cpu_s()
     try:
         r = distill(DistillConfig(bundle=str(bundle), sources=[str(collected)], out=str(out),
-                                  epochs=args.distill_epochs, lr=args.distill_lr, seed=args.seed, progress=True))
+                                  epochs=args.distill_epochs, lr=args.distill_lr, target_gap=args.target_gap,
+                                  seed=args.seed, progress=True))
         report, accepted = r.report, True
     except DistillRefusedError as e:
         report, accepted = e.report, False
@@ -257,6 +259,12 @@ def main() -> int:
     ap.add_argument("--distill-epochs", type=int, default=8)
     ap.add_argument("--distill-lr", type=float, help="[distill's default: a quarter of the recipe's]")
     ap.add_argument("--audit-rate", type=float, default=0.05)
+    ap.add_argument("--edge-max-kb", type=float, default=256.0,
+                    help="the edge model's int8 size budget, KiB [256, train's default]: a smaller edge leaves the "
+                         "cloud more to teach it")
+    ap.add_argument("--target-gap", type=float, default=0.5,
+                    help="the routing target of quantize and distill, points behind the cloud [0.5]; a small "
+                         "calibration split can only certify a wide one, else the device offloads everything")
     ap.add_argument("--bundle", help="a quantized bundle trained by an earlier run on the same --train (reused)")
     ap.add_argument("--out", help="keep the work here (bundles, collected samples, service logs)")
     ap.add_argument("--seed", type=int, default=0)
