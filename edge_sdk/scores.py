@@ -337,13 +337,15 @@ class Mahalanobis:
     def __init__(self, means: np.ndarray, precision: np.ndarray, center: float = 0.0, scale: float = 1.0) -> None:
         """Args:
             means: [K, D] class means.
-            precision: [D, D] the shared covariance's inverse (symmetric).
+            precision: [D, D] the shared covariance's inverse (made symmetric here: a quadratic form only sees
+                (P + P^T) / 2, and the expansion needs it).
             center: subtracted from the distance.
             scale: then divided into it (> 0, so the nearest mean stays the nearest).
         """
         means = np.asarray(means, np.float64)
-        p = np.asarray(precision, np.float64) / scale
-        p_means = means @ p.T  # [K, D]: P mu_k (over scale)
+        p = np.asarray(precision, np.float64)
+        p = (p + p.T) / (2.0 * scale)
+        p_means = means @ p  # [K, D]: P mu_k (over scale)
         self._dim = p.shape[0]
         self._product = np.ascontiguousarray(np.concatenate([p, -2.0 * p_means.T], axis=1))  # [D, D + K]
         self._mean_terms = np.einsum("kd,kd->k", means, p_means) - center / scale  # [K]

@@ -186,6 +186,9 @@ def test_the_precomputed_mahalanobis_equals_the_textbook_form_for_batches_and_si
     diff32 = f32[:, None, :] - means[None]
     expected = (np.einsum("nkd,de,nke->nk", diff32, precision, diff32).min(axis=1) - 5.0) / 3.0
     assert np.allclose(one, expected, rtol=1e-10, atol=1e-10)
+    lopsided = precision + np.triu(rng.normal(size=(d, d)), 1)  # a precision stored a little off symmetric
+    textbook = np.einsum("nkd,de,nke->nk", diff, lopsided, diff).min(axis=1)
+    assert np.allclose(Mahalanobis(means, lopsided)(f), textbook, rtol=1e-10, atol=1e-10)
 
 
 def test_the_ood_score_of_one_frame_is_the_batch_score_of_that_frame():
