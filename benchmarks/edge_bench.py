@@ -82,14 +82,6 @@ def _diff_summary(a: np.ndarray, b: np.ndarray) -> dict:
     return {"median": round(float(med), 2), "q1": round(float(q1), 2), "q3": round(float(q3), 2)}
 
 
-class _NoInvoke:
-    """Stands in for one interpreter's ``invoke`` so that a case times the SDK's own Python and numpy work
-    (set_tensor and get_tensor still run: the output is the last real one)."""
-
-    def __call__(self) -> None:
-        return None
-
-
 def overhead(bundle: Path, calls: int, work: Path, rounds: int = 41) -> dict:
     """Per-call cost of each SDK layer against the bare interpreter: interleaved rounds, paired differences."""
     import cv2
@@ -167,7 +159,9 @@ def overhead(bundle: Path, calls: int, work: Path, rounds: int = 41) -> dict:
         return int(interp.get_tensor(i_probs)[0].argmax())
 
     assert own.predict(bgr).reason == "confident"  # binds its interpreter in this thread
-    own.model._slot()[0].invoke = _NoInvoke()  # noqa: SLF001  (benchmark only)
+    # its interpreter's invoke stubbed, so the case times the SDK's own work (set_tensor and get_tensor still run:
+    # the output is the last real one); benchmark only
+    own.model._slot()[0].invoke = lambda: None
     x0 = xq[0]
     cases = {
         "bare_interpreter": bare,

@@ -22,7 +22,7 @@ are checked with it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Literal, cast, get_args
 
 import numpy as np
@@ -283,10 +283,8 @@ class OODScorer:
             z = edge_logits(outputs)
             return energy(z) if self.kind == "energy" else -z.max(axis=-1)
         total: np.ndarray | None = None
-        for name, standardised_distance in self._parts:
-            if name not in outputs:
-                raise ValueError(f"the out-of-distribution score reads the model's {name!r} output, which it lacks")
-            part = standardised_distance(outputs[name])
+        for standardised_distance, f in self._components(outputs):
+            part = standardised_distance(f)
             total = part if total is None else total + part
         assert total is not None
         return total
@@ -305,12 +303,14 @@ class OODScorer:
         """
         if self.kind != "mahalanobis":
             return float(self(outputs)[0])
-        total = 0.0
+        return sum((distance.one(f.reshape(-1)) for distance, f in self._components(outputs)), 0.0)
+
+    def _components(self, outputs: Mapping[str, np.ndarray]) -> Iterator[tuple[Mahalanobis, np.ndarray]]:
+        """Each Mahalanobis component with the output it reads; ValueError for one the outputs lack."""
         for name, standardised_distance in self._parts:
             if name not in outputs:
                 raise ValueError(f"the out-of-distribution score reads the model's {name!r} output, which it lacks")
-            total += standardised_distance.one(outputs[name].reshape(-1))
-        return total
+            yield standardised_distance, outputs[name]
 
     def is_out(self, score: np.ndarray | float) -> np.ndarray | bool:
         """Whether a score is over the threshold.
