@@ -14,13 +14,14 @@ an API key), and stream ``--stream`` more photos (the next ones of each class,
 shuffled; their labels are never shown to the system) through the hybrid SDK
 in ``--rounds`` rounds, the device collecting (``CollectConfig``, audits at
 ``--audit-rate``). After each round: ``distill`` from everything collected so
-far; if the new model is accepted, restart the service on it and update the
-device over the air (``check_for_update``). The test split is
+far, refusing a model that is no more accurate on the test split
+(``require_gain``; ``--accept-ties`` takes ties); if the new model is accepted,
+restart the service on it and update the device over the air (``check_for_update``). The test split is
 ``../shared/datasets/cifar10/test`` (3,000 photos), never trained on.
 
     python benchmarks/flywheel_bench.py [--train 3000] [--stream 6000] [--rounds 3] [--epochs E]
-        [--edge-epochs E] [--distill-epochs D] [--audit-rate 0.05] [--edge-max-kb 256] [--target-gap 0.5]
-        [--out DIR] [--bundle QUANTIZED_B0]
+        [--edge-epochs E] [--distill-epochs D] [--accept-ties] [--audit-rate 0.05] [--edge-max-kb 256]
+        [--target-gap 0.5] [--out DIR] [--bundle QUANTIZED_B0]
 
 Needs the CIFAR-10 folders under $HV_DATASETS (default ../shared/datasets); exits 2 with a message without them.
 """
@@ -188,7 +189,7 @@ def distill_round(bundle: Path, collected: Path, out: Path, args) -> dict:
     try:
         r = distill(DistillConfig(bundle=str(bundle), sources=[str(collected)], out=str(out),
                                   epochs=args.distill_epochs, lr=args.distill_lr, target_gap=args.target_gap,
-                                  seed=args.seed, progress=True))
+                                  require_gain=not args.accept_ties, seed=args.seed, progress=True))
         report, accepted = r.report, True
     except DistillRefusedError as e:
         report, accepted = e.report, False
@@ -258,6 +259,9 @@ def main() -> int:
     ap.add_argument("--edge-epochs", type=int, help="edge training epochs [the recipe's]")
     ap.add_argument("--distill-epochs", type=int, default=8)
     ap.add_argument("--distill-lr", type=float, help="[distill's default: a quarter of the recipe's]")
+    ap.add_argument("--accept-ties", action="store_true",
+                    help="let distill accept a model that only ties the old one on the test split [refused: the "
+                         "target is that the edge's test accuracy rises each round or its model is refused]")
     ap.add_argument("--audit-rate", type=float, default=0.05)
     ap.add_argument("--edge-max-kb", type=float, default=256.0,
                     help="the edge model's int8 size budget, KiB [256, train's default]: a smaller edge leaves the "

@@ -14,7 +14,8 @@
 4. Compare the old and new int8 edge models on the held-out collected slice
    (agreement with the cloud's labels) and on B's test split (true labels).
 5. Refuse a model that is worse on either (:class:`DistillRefusedError`, with
-   the report): nothing is written to ``--out``. Else write ``--out``
+   the report), and with ``require_gain`` one that is no more accurate on the
+   test split (a tie is not worth a fleet's download): nothing is written to ``--out``. Else write ``--out``
    atomically, the report in its manifest (``reports.distill``).
 
 B itself is never written. The cloud model is B's, unchanged, so a service
@@ -61,6 +62,7 @@ class DistillConfig:
     soft_weight: float = 0.9
     holdout: float = 0.2
     tolerance: float = 0.0  # points by which the new model may trail the old on either comparison
+    require_gain: bool = False  # also refuse a model that is not more accurate than the old on the test split
     seed: int = 0
     num_calib: int = 300
     max_drop: float = 1.0
@@ -79,8 +81,8 @@ def distill(cfg: DistillConfig) -> DistillResult:
 
     Raises:
         DistillError: the bundle, the collected samples or B's training data cannot be used.
-        DistillRefusedError: the new model is worse than B's on the held-out slice or the test split
-            (or loses accuracy to int8); nothing was written.
+        DistillRefusedError: the new model is worse than B's on the held-out slice or the test split, or
+            with ``require_gain`` no better on the test split (or it loses accuracy to int8); nothing was written.
     """
     import keras
 
@@ -104,7 +106,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
         report = _report(cfg, collected, to_train, held, original, fit_report, candidate)
         report["compare"] = compare(bundle, candidate, held, original["test"])
         report["seconds"] = round(time.perf_counter() - t0, 1)
-        _decide(report, cfg.tolerance)
+        _decide(report, cfg.tolerance, cfg.require_gain)
         manifest = candidate.manifest.model_copy(deep=True)
         manifest.reports["distill"] = report
         files = {p.name: p for p in candidate.path.iterdir() if p.is_file() and p.name not in (MANIFEST, "labels.txt")}
@@ -224,14 +226,20 @@ def compare(old: Bundle, new: Bundle, held: Collected, test: data_mod.Arrays) ->
     return out
 
 
-def _decide(report: dict[str, Any], tolerance: float) -> None:
-    """Refuse (raise) when the new model trails the old by more than ``tolerance`` points on either comparison."""
-    worse = [f"{part}: {100 * c['new']:.2f}% < {100 * c['old']:.2f}% (n={c['n']}, against {c['reference']})"
-             for part, c in report["compare"].items() if 100 * (c["new"] - c["old"]) < -tolerance]
-    report["accepted"] = not worse
-    report["refused_because"] = worse
-    if worse:
-        raise DistillRefusedError("the distilled edge model is worse than the bundle's: " + "; ".join(worse)
+def _decide(report: dict[str, Any], tolerance: float, require_gain: bool) -> None:
+    """Refuse (raise) when the new model trails the old by more than ``tolerance`` points on either comparison, or,
+    with ``require_gain``, when it is not more accurate than the old on the test split."""
+    why = [f"{part}: {100 * c['new']:.2f}% < {100 * c['old']:.2f}% (n={c['n']}, against {c['reference']})"
+           for part, c in report["compare"].items() if 100 * (c["new"] - c["old"]) < -tolerance]
+    test, worse = report["compare"]["test"], bool(why)
+    if require_gain and not worse and test["new"] <= test["old"]:
+        why.append(f"test: {100 * test['new']:.2f}% is no gain on {100 * test['old']:.2f}% (n={test['n']}, "
+                   "--require-gain)")
+    report["accepted"] = not why
+    report["refused_because"] = why
+    if why:
+        verdict = "worse" if worse else "no better"
+        raise DistillRefusedError(f"the distilled edge model is {verdict} than the bundle's: " + "; ".join(why)
                                   + "; nothing was written", report)
 
 

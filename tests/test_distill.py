@@ -56,6 +56,30 @@ def test_a_worse_distilled_model_is_refused_and_nothing_is_written(quantized_bun
     assert not out.exists() and not list(tmp_path.glob(".b2*"))  # nothing written, no temp left
 
 
+def _comparison(test_old: float, test_new: float) -> dict:
+    return {"compare": {"holdout": {"n": 100, "reference": "the cloud's labels", "old": 0.60, "new": 0.65},
+                        "test": {"n": 3000, "reference": "true labels", "old": test_old, "new": test_new}}}
+
+
+def test_require_gain_refuses_a_tie_on_the_test_split_that_the_default_accepts():
+    from quantize.distill import _decide
+
+    tie = _comparison(1993 / 3000, 1993 / 3000)
+    _decide(tie, tolerance=0.0, require_gain=False)  # a tie is not worse: accepted
+    assert tie["accepted"] is True and tie["refused_because"] == []
+    tie = _comparison(1993 / 3000, 1993 / 3000)
+    with pytest.raises(DistillRefusedError, match="no better") as err:
+        _decide(tie, tolerance=0.0, require_gain=True)
+    assert tie["accepted"] is False and "test: 66.43% is no gain on 66.43%" in err.value.report["refused_because"][0]
+    gain = _comparison(1993 / 3000, 1994 / 3000)
+    _decide(gain, tolerance=0.0, require_gain=True)  # one more image right is a gain
+    assert gain["accepted"] is True
+    worse = _comparison(0.70, 0.69)
+    with pytest.raises(DistillRefusedError, match="worse"):
+        _decide(worse, tolerance=0.0, require_gain=True)
+    _decide(_comparison(0.70, 0.69), tolerance=1.5, require_gain=False)  # within the tolerance
+
+
 def test_a_distilled_model_is_requantized_recalibrated_and_written(quantized_bundle, tmp_path):
     from quantize.distill import DistillConfig, distill
 

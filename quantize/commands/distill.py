@@ -26,6 +26,9 @@ def add_arguments(p) -> None:
                    help="share of the collected samples held out to compare old and new [0.2]")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="points by which the new model may trail the old on either comparison [0: never]")
+    p.add_argument("--require-gain", action="store_true",
+                   help="also refuse a model that is not more accurate than B's on the test split (a tie is not "
+                        "worth every device's download)")
     p.add_argument("--max-drop", type=float, default=1.0, help="as for quantize: int8 vs float, in points [1.0]")
     p.add_argument("--target-gap", type=float, default=0.5, help="as for quantize: routing calibration [0.5]")
     p.add_argument("--report", metavar="FILE", help="also write the report (accepted or refused) here as JSON")
@@ -60,8 +63,8 @@ def run(args) -> int:
     cfg = DistillConfig(
         bundle=args.bundle, sources=args.sources, out=args.out, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, temperature=args.temperature, soft_weight=args.soft_weight, holdout=args.holdout,
-        tolerance=args.tolerance, max_drop=args.max_drop, target_gap=args.target_gap, seed=args.seed,
-        progress=not args.quiet,
+        tolerance=args.tolerance, require_gain=args.require_gain, max_drop=args.max_drop, target_gap=args.target_gap,
+        seed=args.seed, progress=not args.quiet,
     )
     try:
         result = distill(cfg)
